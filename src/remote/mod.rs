@@ -14,7 +14,6 @@ pub mod auth;
 pub mod detect;
 pub mod http;
 pub mod transfer;
-pub mod v1;
 pub mod v2;
 
 use std::fmt;

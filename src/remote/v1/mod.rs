@@ -1,1 +1,0 @@
-//! (owner fills this in)
