@@ -96,3 +96,120 @@ impl RemoteConfig {
         }
     }
 }
+
+/// Attribute, listing and content caching.
+#[derive(Clone, Debug)]
+pub struct CacheConfig {
+    /// How long a file's attributes are trusted (also the kernel's attr/entry TTL).
+    pub attr_ttl: Duration,
+    /// How long "this name does not exist" is trusted.
+    pub negative_ttl: Duration,
+    /// How long a directory listing is trusted (lookups of unlisted names answer ENOENT
+    /// without a call while it is fresh).
+    pub dir_ttl: Duration,
+    /// Where whole small files are cached, keyed by path+size+mtime.
+    pub cache_dir: PathBuf,
+    /// Upper bound of the content cache on disk (LRU by size).
+    pub cache_max_size: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            attr_ttl: Duration::from_secs(5),
+            negative_ttl: Duration::from_secs(2),
+            dir_ttl: Duration::from_secs(5),
+            cache_dir: default_cache_root().join("content"),
+            cache_max_size: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The write-back staging area.
+#[derive(Clone, Debug)]
+pub struct StagingConfig {
+    /// One data file + one manifest per staged file live here.
+    pub dir: PathBuf,
+    /// How long unmount waits for uploads still running before it leaves them staged.
+    pub unmount_wait: Duration,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig {
+            dir: default_cache_root().join("staging"),
+            unmount_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything `f7tfs mount` needs besides the connection.
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// The remote directory shown at the mount point's root.
+    pub remote_root: String,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground.
+    pub foreground: bool,
+    /// Let other local users in (`allow_other`); off by default.
+    pub allow_other: bool,
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Bound of FUSE operations served at once.
+    pub max_in_flight_ops: usize,
+    /// Synthetic `statfs` numbers: total and free bytes, total and free inodes.
+    pub statfs_total_bytes: u64,
+    pub statfs_free_bytes: u64,
+    pub statfs_total_inodes: u64,
+    pub statfs_free_inodes: u64,
+    pub cache: CacheConfig,
+    pub staging: StagingConfig,
+}
+
+impl MountConfig {
+    /// Defaults for everything but what to mount where.
+    pub fn new(remote_root: impl Into<String>, mountpoint: impl Into<PathBuf>) -> Self {
+        MountConfig {
+            remote_root: remote_root.into(),
+            mountpoint: mountpoint.into(),
+            foreground: false,
+            allow_other: false,
+            read_only: false,
+            max_in_flight_ops: 64,
+            statfs_total_bytes: 1 << 50,
+            statfs_free_bytes: 1 << 49,
+            statfs_total_inodes: 1 << 32,
+            statfs_free_inodes: 1 << 31,
+            cache: CacheConfig::default(),
+            staging: StagingConfig::default(),
+        }
+    }
+
+    /// Checks values that would make the mount misbehave.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.remote_root.starts_with('/') {
+            return Err(format!(
+                "remote path must be absolute, got {:?} (write SYSTEM:/path)",
+                self.remote_root
+            ));
+        }
+        if self.max_in_flight_ops == 0 {
+            return Err("max_in_flight_ops must be at least 1".into());
+        }
+        if self.staging.dir == self.cache.cache_dir {
+            return Err("staging dir and cache dir must differ".into());
+        }
+        Ok(())
+    }
+}
+
+/// `$XDG_CACHE_HOME/f7tfs` or `~/.cache/f7tfs` (or `/tmp/f7tfs-cache` without a home).
+pub fn default_cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("f7tfs");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache").join("f7tfs"),
+        None => std::env::temp_dir().join("f7tfs-cache"),
+    }
+}

@@ -1,1 +1,821 @@
-//! (owner fills this in)
+//! The filesystem core: `Filesystem<R: RemoteFs>`, one async fn per FUSE op returning plain
+//! reply structs, so tests drive it without a kernel (`tests/fs_core.rs`).
+//!
+//! Consistency model (DESIGN.md section 3): close-to-open (close/fsync return after the
+//! remote confirmed), read-your-writes inside the mount (our mutations update the cache at
+//! once, open files overlay their local state), remote changes visible after the TTLs.
+//!
+//! Calls: one `list` per directory fills the attribute cache for all entries; a lookup in a
+//! freshly listed directory costs nothing; a second miss in an unlisted directory lists it
+//! instead of stat'ing entry by entry (`ls -l`, `find`, `du` patterns). Concurrent identical
+//! `list`/`stat` calls for one path are coalesced into one.
+//!
+//! Submodules: `inode` (inode table), `handle` (open files), `attr` (Stat → FileAttr),
+//! `file` (open/read/write/flush/release/setattr and the upload routes), `rename`.
+//! Locks: see `handle` for the order; the maps here are `parking_lot` mutexes held briefly.
+
+pub mod attr;
+mod file;
+pub mod handle;
+pub mod inode;
+mod rename;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{FileAttr, FileType};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use parking_lot::Mutex;
+
+use crate::cache::content::ContentCache;
+use crate::cache::{CachedAttr, Clock, Lookup, MetadataCache};
+use crate::config::MountConfig;
+use crate::error::{FsError, FsResult};
+use crate::remote::{DirEntry, FileKind, RemoteError, RemoteFs, RemotePath, RemoteResult, Stat};
+use crate::staging::{Leftover, StagingArea};
+
+pub use attr::IdMap;
+pub use file::SetAttr;
+use handle::{DirHandle, DirSnapEntry, HandleTable, OpenFile};
+pub use inode::{InodeNo, ROOT_INO};
+
+/// Misses in one unlisted directory after which we list it instead of stat'ing.
+const LIST_AFTER_MISSES: u32 = 2;
+
+/// A found entry: attributes plus how long the kernel may trust them.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+    pub generation: u64,
+}
+
+/// Answer of `lookup`: found, or absent with the negative TTL the kernel may cache.
+#[derive(Clone, Debug)]
+pub enum Looked {
+    Found(Entry),
+    Absent { ttl: Duration },
+}
+
+/// Attributes with their TTL.
+#[derive(Clone, Debug)]
+pub struct Attr {
+    pub attr: FileAttr,
+    pub ttl: Duration,
+}
+
+/// Answer of `open`/`opendir`.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// FOPEN_KEEP_CACHE: the file is unchanged since the last open.
+    pub keep_cache: bool,
+}
+
+/// Answer of `create`.
+#[derive(Clone, Debug)]
+pub struct Created {
+    pub entry: Entry,
+    pub opened: Opened,
+}
+
+/// One `readdir` item; `offset` is the cookie of the *next* item.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub ino: InodeNo,
+    pub offset: i64,
+    pub kind: FileType,
+    pub name: String,
+    /// Filled by `readdirplus` (one lookup counted per item).
+    pub entry: Option<Entry>,
+}
+
+/// Synthetic `statfs` numbers.
+#[derive(Clone, Copy, Debug)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A staged file whose changes did not reach the remote.
+#[derive(Clone, Debug)]
+pub struct Unsent {
+    pub remote: RemotePath,
+    pub staged: std::path::PathBuf,
+    pub cause: String,
+}
+
+type Flight<T> = Shared<BoxFuture<'static, RemoteResult<T>>>;
+
+/// The filesystem core over one remote.
+pub struct Filesystem<R: RemoteFs> {
+    remote: Arc<R>,
+    ids: IdMap,
+    cache: MetadataCache,
+    content: ContentCache,
+    staging: StagingArea,
+    inodes: inode::InodeTable,
+    handles: HandleTable,
+    files: Mutex<HashMap<InodeNo, Arc<OpenFile>>>,
+    list_flights: Mutex<HashMap<RemotePath, Flight<Vec<DirEntry>>>>,
+    stat_flights: Mutex<HashMap<RemotePath, Flight<Stat>>>,
+    misses: Mutex<HashMap<RemotePath, u32>>,
+    staged_objects: Mutex<HashMap<(RemotePath, u64, SystemTime), crate::remote::StagedObject>>,
+    opened_versions: Mutex<HashMap<InodeNo, (u64, SystemTime)>>,
+    statfs: StatFs,
+    leftovers: Vec<Leftover>,
+}
+
+/// Checks a name the kernel hands us: UTF-8, one component, nothing FirecREST cannot carry
+/// (API.md section 3: `'` breaks the remote shell command; control characters and newlines
+/// break `ls` parsing).
+pub fn check_name(name: &OsStr) -> FsResult<&str> {
+    let name = name
+        .to_str()
+        .ok_or_else(|| FsError::InvalidName(format!("not UTF-8: {name:?}")))?;
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(FsError::InvalidName(format!("not a file name: {name:?}")));
+    }
+    if name.len() > 255 {
+        return Err(FsError::InvalidName(format!(
+            "longer than 255 bytes: {name:?}"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| *c == '\'' || c.is_control()) {
+        return Err(FsError::InvalidName(format!(
+            "{name:?} contains {c:?}, which FirecREST cannot carry"
+        )));
+    }
+    Ok(name)
+}
+
+/// Whole seconds (what the remote stores).
+pub fn whole_seconds(t: SystemTime) -> SystemTime {
+    crate::remote::memory::whole_seconds(t)
+}
+
+impl<R: RemoteFs> Filesystem<R> {
+    /// Builds the core: staging area (leftovers of earlier runs are listed and logged),
+    /// content cache, caches with `clock`, the root inode at `config.remote_root`.
+    pub fn new(
+        remote: R,
+        config: &MountConfig,
+        ids: IdMap,
+        clock: Arc<dyn Clock>,
+    ) -> FsResult<Self> {
+        let root = RemotePath::new(&config.remote_root)?;
+        let staging = StagingArea::new(&config.staging.dir)?;
+        let leftovers = staging.leftovers()?;
+        for l in &leftovers {
+            tracing::warn!(
+                remote = %l.manifest.remote_path,
+                staged = %l.data_path.display(),
+                state = ?l.manifest.state,
+                cause = l.manifest.cause.as_deref().unwrap_or(""),
+                "staged write from an earlier run never reached the remote; \
+                 it is kept (f7tfs recover re-sends it)"
+            );
+        }
+        let content = ContentCache::new(&config.cache.cache_dir, config.cache.cache_max_size)?;
+        let bsize = 4096u64;
+        Ok(Filesystem {
+            remote: Arc::new(remote),
+            ids,
+            cache: MetadataCache::new(&config.cache, clock),
+            content,
+            staging,
+            inodes: inode::InodeTable::new(root),
+            handles: HandleTable::default(),
+            files: Mutex::new(HashMap::new()),
+            list_flights: Mutex::new(HashMap::new()),
+            stat_flights: Mutex::new(HashMap::new()),
+            misses: Mutex::new(HashMap::new()),
+            staged_objects: Mutex::new(HashMap::new()),
+            opened_versions: Mutex::new(HashMap::new()),
+            statfs: StatFs {
+                blocks: config.statfs_total_bytes / bsize,
+                bfree: config.statfs_free_bytes / bsize,
+                bavail: config.statfs_free_bytes / bsize,
+                files: config.statfs_total_inodes,
+                ffree: config.statfs_free_inodes,
+                bsize: bsize as u32,
+                namelen: 255,
+                frsize: bsize as u32,
+            },
+            leftovers,
+        })
+    }
+
+    /// The remote client.
+    pub fn remote(&self) -> &R {
+        &self.remote
+    }
+
+    /// Staged writes of earlier runs found at startup.
+    pub fn leftovers(&self) -> &[Leftover] {
+        &self.leftovers
+    }
+
+    /// The staging directory.
+    pub fn staging_dir(&self) -> &std::path::Path {
+        self.staging.dir()
+    }
+
+    /// Inodes known (tests).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    // ----- helpers -------------------------------------------------------------------------
+
+    fn path_of(&self, ino: InodeNo) -> FsResult<RemotePath> {
+        self.inodes.path(ino).ok_or(FsError::UnknownInode(ino))
+    }
+
+    fn child(&self, parent: InodeNo, name: &OsStr) -> FsResult<RemotePath> {
+        let name = check_name(name)?;
+        Ok(self.path_of(parent)?.join(name)?)
+    }
+
+    fn entry(&self, path: &RemotePath, stat: &Stat) -> Entry {
+        let ino = self.inodes.lookup(path);
+        Entry {
+            attr: attr::to_file_attr(ino, stat, &self.ids),
+            ttl: self.cache.attr_ttl(),
+            generation: 0,
+        }
+    }
+
+    fn open_file_by_path(&self, path: &RemotePath) -> Option<Arc<OpenFile>> {
+        let ino = self.inodes.peek(path)?;
+        let f = self.files.lock().get(&ino).cloned()?;
+        let m = f.meta.lock();
+        (m.path == *path && !m.unlinked).then(|| f.clone())
+    }
+
+    /// Local attributes of an open file that must win over the remote's.
+    fn local_stat(&self, path: &RemotePath) -> Option<Stat> {
+        let f = self.open_file_by_path(path)?;
+        let m = f.meta.lock();
+        m.is_local().then(|| m.overlay())
+    }
+
+    /// A stat of the remote user's own new object, as our mutation knows it.
+    fn own_stat(&self, kind: FileKind, perm: u32, size: u64, mtime: SystemTime) -> Stat {
+        Stat {
+            kind,
+            perm: perm & 0o7777,
+            uid: self.ids.remote_uid,
+            gid: self.ids.remote_gid,
+            size,
+            mtime: whole_seconds(mtime),
+            atime: None,
+            ctime: None,
+            ino: None,
+            nlink: None,
+        }
+    }
+
+    /// `list` of `dir`, coalesced with concurrent identical calls; fills the cache.
+    async fn list_dir(&self, dir: &RemotePath) -> FsResult<Vec<DirEntry>> {
+        let flight = {
+            let mut flights = self.list_flights.lock();
+            match flights.get(dir) {
+                Some(f) => f.clone(),
+                None => {
+                    let remote = self.remote.clone();
+                    let d = dir.clone();
+                    let f = async move { remote.list(&d).await }.boxed().shared();
+                    flights.insert(dir.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        let result = flight.await;
+        self.list_flights.lock().remove(dir);
+        match result {
+            Ok(entries) => {
+                self.cache.put_listing(dir, &entries);
+                self.misses.lock().remove(dir);
+                Ok(entries)
+            }
+            Err(e) => {
+                if matches!(e, RemoteError::NotFound(_)) {
+                    self.cache.put_negative(dir);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `stat` of `path`, coalesced; fills the cache (negative on ENOENT).
+    async fn stat_path(&self, path: &RemotePath) -> FsResult<Stat> {
+        let flight = {
+            let mut flights = self.stat_flights.lock();
+            match flights.get(path) {
+                Some(f) => f.clone(),
+                None => {
+                    let remote = self.remote.clone();
+                    let p = path.clone();
+                    let f = async move { remote.stat(&p).await }.boxed().shared();
+                    flights.insert(path.clone(), f.clone());
+                    f
+                }
+            }
+        };
+        let result = flight.await;
+        self.stat_flights.lock().remove(path);
+        match result {
+            Ok(stat) => {
+                self.cache.put_attr(path, stat.clone(), None);
+                Ok(stat)
+            }
+            Err(RemoteError::NotFound(m)) => {
+                self.cache.put_negative(path);
+                Err(FsError::NotFound(m))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Attributes of `path`: local open-file state, then the cache, then the remote.
+    async fn resolve(&self, path: &RemotePath) -> FsResult<CachedAttr> {
+        if let Some(stat) = self.local_stat(path) {
+            return Ok(CachedAttr {
+                stat,
+                link_target: None,
+            });
+        }
+        match self.cache.lookup(path) {
+            Lookup::Found(a) => return Ok(a),
+            Lookup::Absent => return Err(FsError::NotFound(path.to_string())),
+            Lookup::Unknown => {}
+        }
+        if let Some(parent) = path.parent().filter(|p| self.inodes.peek(p).is_some()) {
+            let list_it = {
+                let mut misses = self.misses.lock();
+                if misses.len() > 10_000 {
+                    misses.clear();
+                }
+                let n = misses.entry(parent.clone()).or_insert(0);
+                *n += 1;
+                *n >= LIST_AFTER_MISSES
+            };
+            if list_it {
+                let entries = self.list_dir(&parent).await?;
+                return match entries.iter().find(|e| e.name == path.file_name()) {
+                    Some(e) => Ok(CachedAttr {
+                        stat: e.stat.clone(),
+                        link_target: e.link_target.clone(),
+                    }),
+                    None => Err(FsError::NotFound(path.to_string())),
+                };
+            }
+        }
+        let stat = self.stat_path(path).await?;
+        Ok(self.cache.attr_stale(path).unwrap_or(CachedAttr {
+            stat,
+            link_target: None,
+        }))
+    }
+
+    /// Fresh-enough attributes of an existing path, revalidated when the TTL ran out.
+    async fn revalidate(&self, path: &RemotePath) -> FsResult<Stat> {
+        if let Some(stat) = self.local_stat(path) {
+            return Ok(stat);
+        }
+        match self.cache.attr(path) {
+            Some(a) => Ok(a.stat),
+            None => self.stat_path(path).await,
+        }
+    }
+
+    /// Files created here and not yet on the remote, directly inside `dir`.
+    fn local_children(&self, dir: &RemotePath) -> Vec<(String, Stat)> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        files
+            .iter()
+            .filter_map(|f| {
+                let m = f.meta.lock();
+                (m.is_local() && m.path.parent().as_ref() == Some(dir))
+                    .then(|| (m.path.file_name().to_string(), m.overlay()))
+            })
+            .collect()
+    }
+
+    async fn snapshot(&self, dir: &RemotePath) -> FsResult<Vec<DirSnapEntry>> {
+        let mut entries: Vec<DirSnapEntry> = match self.cache.listing(dir) {
+            Some(l) => l
+                .into_iter()
+                .map(|(name, a)| DirSnapEntry { name, stat: a.stat })
+                .collect(),
+            None => self
+                .list_dir(dir)
+                .await?
+                .into_iter()
+                .map(|e| DirSnapEntry {
+                    name: e.name,
+                    stat: e.stat,
+                })
+                .collect(),
+        };
+        for (name, stat) in self.local_children(dir) {
+            match entries.iter_mut().find(|e| e.name == name) {
+                Some(e) => e.stat = stat,
+                None => entries.push(DirSnapEntry { name, stat }),
+            }
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(entries)
+    }
+
+    // ----- namespace ops -------------------------------------------------------------------
+
+    /// `lookup`: one kernel lookup counted when found.
+    pub async fn lookup(&self, parent: InodeNo, name: &OsStr) -> FsResult<Looked> {
+        let path = self.child(parent, name)?;
+        match self.resolve(&path).await {
+            Ok(a) => Ok(Looked::Found(self.entry(&path, &a.stat))),
+            Err(FsError::NotFound(_)) | Err(FsError::Remote(RemoteError::NotFound(_))) => {
+                Ok(Looked::Absent {
+                    ttl: self.cache.negative_ttl(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `forget`: the kernel dropped `n` lookups.
+    pub fn forget(&self, ino: InodeNo, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// `getattr`.
+    pub async fn getattr(&self, ino: InodeNo) -> FsResult<Attr> {
+        let path = self.path_of(ino)?;
+        if let Some(f) = self.files.lock().get(&ino).cloned() {
+            let m = f.meta.lock();
+            if m.is_local() || m.unlinked {
+                return Ok(Attr {
+                    attr: attr::to_file_attr(ino, &m.overlay(), &self.ids),
+                    ttl: self.cache.attr_ttl(),
+                });
+            }
+        }
+        let stat = match self.cache.attr(&path) {
+            Some(a) => a.stat,
+            None => self.stat_path(&path).await?,
+        };
+        Ok(Attr {
+            attr: attr::to_file_attr(ino, &stat, &self.ids),
+            ttl: self.cache.attr_ttl(),
+        })
+    }
+
+    /// `readlink`: the cached target, else one call.
+    pub async fn readlink(&self, ino: InodeNo) -> FsResult<String> {
+        let path = self.path_of(ino)?;
+        if let Some(a) = self.cache.attr(&path) {
+            if a.stat.kind != FileKind::Symlink {
+                return Err(FsError::InvalidArgument(format!("not a symlink: {path}")));
+            }
+            if let Some(t) = a.link_target {
+                return Ok(t);
+            }
+        }
+        let target = self.remote.read_link(&path).await?;
+        if let Some(mut a) = self.cache.attr_stale(&path) {
+            a.link_target = Some(target.clone());
+            self.cache.put_attr(&path, a.stat, a.link_target);
+        }
+        Ok(target)
+    }
+
+    /// `opendir`.
+    pub async fn opendir(&self, ino: InodeNo) -> FsResult<Opened> {
+        let path = self.path_of(ino)?;
+        let fh = self.handles.insert_dir(Arc::new(DirHandle {
+            ino,
+            path,
+            entries: tokio::sync::Mutex::new(None),
+        }));
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+        })
+    }
+
+    async fn dir_entries(
+        &self,
+        fh: u64,
+        offset: i64,
+    ) -> FsResult<(Arc<DirHandle>, Arc<Vec<DirSnapEntry>>)> {
+        let dh = self.handles.dir(fh).ok_or(FsError::BadHandle(fh))?;
+        let entries = {
+            let mut guard = dh.entries.lock().await;
+            match (guard.as_ref(), offset) {
+                (Some(e), o) if o != 0 => e.clone(),
+                _ => {
+                    let e = Arc::new(self.snapshot(&dh.path).await?);
+                    *guard = Some(e.clone());
+                    e
+                }
+            }
+        };
+        Ok((dh, entries))
+    }
+
+    /// `readdir`: `.`, `..`, then the entries, from `offset` on.
+    pub async fn readdir(&self, ino: InodeNo, fh: u64, offset: i64) -> FsResult<Vec<DirItem>> {
+        let (dh, entries) = self.dir_entries(fh, offset).await?;
+        let parent_ino = dh
+            .path
+            .parent()
+            .and_then(|p| self.inodes.peek(&p))
+            .filter(|_| ino != ROOT_INO)
+            .unwrap_or(ROOT_INO);
+        let mut items = vec![
+            DirItem {
+                ino,
+                offset: 1,
+                kind: FileType::Directory,
+                name: ".".into(),
+                entry: None,
+            },
+            DirItem {
+                ino: parent_ino,
+                offset: 2,
+                kind: FileType::Directory,
+                name: "..".into(),
+                entry: None,
+            },
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            let path = dh.path.join(&e.name)?;
+            items.push(DirItem {
+                ino: self.inodes.readdir_ino(&path),
+                offset: i as i64 + 3,
+                kind: attr::file_type(e.stat.kind),
+                name: e.name.clone(),
+                entry: None,
+            });
+        }
+        Ok(items.into_iter().skip(offset.max(0) as usize).collect())
+    }
+
+    /// `readdirplus`: like `readdir` but with attributes; returns only what fits in `size`
+    /// bytes of reply and counts one lookup per returned entry (never for `.`/`..`).
+    pub async fn readdirplus(
+        &self,
+        ino: InodeNo,
+        fh: u64,
+        offset: i64,
+        size: u32,
+    ) -> FsResult<Vec<DirItem>> {
+        let (dh, entries) = self.dir_entries(fh, offset).await?;
+        let mut budget = size as usize;
+        let mut items = Vec::new();
+        let total = entries.len() as i64 + 2;
+        let mut idx = offset.max(0);
+        while idx < total {
+            let name = match idx {
+                0 => ".".to_string(),
+                1 => "..".to_string(),
+                i => entries[(i - 2) as usize].name.clone(),
+            };
+            // fuse_direntplus: entry_out (128) + dirent (24) + name, padded to 8 bytes.
+            let need = (152 + name.len()).div_ceil(8) * 8;
+            if need > budget {
+                break;
+            }
+            budget -= need;
+            let item = if idx < 2 {
+                let attr = self.getattr(ino).await?.attr;
+                DirItem {
+                    ino: attr.ino,
+                    offset: idx + 1,
+                    kind: FileType::Directory,
+                    name,
+                    entry: None,
+                }
+            } else {
+                let e = &entries[(idx - 2) as usize];
+                let path = dh.path.join(&e.name)?;
+                let entry = self.entry(&path, &e.stat);
+                DirItem {
+                    ino: entry.attr.ino,
+                    offset: idx + 1,
+                    kind: entry.attr.kind,
+                    name,
+                    entry: Some(entry),
+                }
+            };
+            items.push(item);
+            idx += 1;
+        }
+        Ok(items)
+    }
+
+    /// `releasedir`.
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    /// `mkdir`: one call (plus a chmod if the requested mode differs from the remote's).
+    pub async fn mkdir(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        let path = self.child(parent, name)?;
+        if self.local_stat(&path).is_some() {
+            return Err(FsError::Exists(path.to_string()));
+        }
+        let mut stat = self.remote.mkdir(&path).await?;
+        let want = mode & !umask & 0o7777;
+        if stat.perm != want {
+            stat = self.remote.chmod(&path, want).await?;
+        }
+        self.cache.put_attr(&path, stat.clone(), None);
+        self.cache.put_listing(&path, &[]);
+        Ok(self.entry(&path, &stat))
+    }
+
+    /// `mknod`: regular files only (created empty on the remote at once); others EPERM.
+    pub async fn mknod(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+    ) -> FsResult<Entry> {
+        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+            return Err(FsError::NotPermitted(
+                "only regular files can be created".into(),
+            ));
+        }
+        let created = self
+            .create(parent, name, mode, umask, libc::O_WRONLY | libc::O_EXCL)
+            .await?;
+        self.release(created.opened.fh).await?;
+        Ok(created.entry)
+    }
+
+    /// `unlink`: checks the type first (FirecREST's rm is recursive).
+    pub async fn unlink(&self, parent: InodeNo, name: &OsStr) -> FsResult<()> {
+        let path = self.child(parent, name)?;
+        let local = self.open_file_by_path(&path);
+        let on_remote = match &local {
+            Some(f) => !f.meta.lock().new,
+            None => true,
+        };
+        if local.is_none() {
+            let a = self.resolve(&path).await?;
+            if a.stat.kind == FileKind::Dir {
+                return Err(FsError::IsADirectory(path.to_string()));
+            }
+        }
+        if on_remote {
+            match self.remote.remove(&path).await {
+                Ok(()) => {}
+                Err(RemoteError::NotFound(_)) if local.is_some() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(f) = local {
+            let mut m = f.meta.lock();
+            m.unlinked = true;
+            m.dirty = false;
+        }
+        self.cache.remove(&path);
+        self.inodes.unlink(&path);
+        Ok(())
+    }
+
+    /// Whether `dir` has entries (cache, local new files, else one `list`).
+    async fn dir_has_entries(&self, dir: &RemotePath) -> FsResult<bool> {
+        if !self.local_children(dir).is_empty() {
+            return Ok(true);
+        }
+        if let Some(empty) = self.cache.is_empty_dir(dir) {
+            return Ok(!empty);
+        }
+        Ok(!self.list_dir(dir).await?.is_empty())
+    }
+
+    /// `rmdir`: ENOTEMPTY without calling rm when the directory has entries.
+    pub async fn rmdir(&self, parent: InodeNo, name: &OsStr) -> FsResult<()> {
+        let path = self.child(parent, name)?;
+        let a = self.resolve(&path).await?;
+        if a.stat.kind != FileKind::Dir {
+            return Err(FsError::NotADirectory(path.to_string()));
+        }
+        if self.dir_has_entries(&path).await? {
+            return Err(FsError::NotEmpty(path.to_string()));
+        }
+        self.remote.remove(&path).await?;
+        self.cache.remove(&path);
+        self.inodes.unlink(&path);
+        Ok(())
+    }
+
+    /// `symlink` (relative targets too: the client handles them).
+    pub async fn symlink(
+        &self,
+        parent: InodeNo,
+        name: &OsStr,
+        target: &std::path::Path,
+    ) -> FsResult<Entry> {
+        let path = self.child(parent, name)?;
+        let target = target
+            .to_str()
+            .ok_or_else(|| FsError::InvalidName(format!("target not UTF-8: {target:?}")))?;
+        if target.is_empty() || target.chars().any(|c| c == '\'' || c.is_control()) {
+            return Err(FsError::InvalidName(format!(
+                "symlink target {target:?} cannot be carried by FirecREST"
+            )));
+        }
+        self.remote.symlink(target, &path).await?;
+        let stat = self.own_stat(
+            FileKind::Symlink,
+            0o777,
+            target.len() as u64,
+            SystemTime::now(),
+        );
+        self.cache
+            .put_attr(&path, stat.clone(), Some(target.to_string()));
+        Ok(self.entry(&path, &stat))
+    }
+
+    /// `link`: hard links cannot be made through the API.
+    pub async fn link(&self) -> FsResult<Entry> {
+        Err(FsError::NotPermitted("hard links are not supported".into()))
+    }
+
+    /// `statfs`: large, stable synthetic numbers.
+    pub fn statfs(&self) -> StatFs {
+        self.statfs
+    }
+
+    /// Extended attributes are not supported (ENOTSUP, so `cp -a` goes on).
+    pub fn xattr(&self) -> FsResult<()> {
+        Err(FsError::XattrUnsupported)
+    }
+
+    /// Staged files that still hold changes the remote does not have.
+    pub fn unsent(&self) -> Vec<RemotePath> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        files
+            .iter()
+            .filter_map(|f| {
+                let m = f.meta.lock();
+                (m.dirty && !m.unlinked).then(|| m.path.clone())
+            })
+            .collect()
+    }
+
+    /// At unmount: uploads every dirty file (each bounded by `wait`), returns what stayed
+    /// staged.
+    pub async fn shutdown(&self, wait: Duration) -> Vec<Unsent> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut unsent = Vec::new();
+        for f in files {
+            let (dirty, path) = {
+                let m = f.meta.lock();
+                (m.dirty && !m.unlinked, m.path.clone())
+            };
+            if !dirty {
+                continue;
+            }
+            let result = tokio::time::timeout(wait, self.upload(&f)).await;
+            let cause = match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("upload still running after {wait:?}"),
+            };
+            let staged = match f.staged.try_lock() {
+                Ok(g) => g
+                    .as_ref()
+                    .map(|s| s.data_path().to_path_buf())
+                    .unwrap_or_default(),
+                Err(_) => self.staging.dir().to_path_buf(),
+            };
+            unsent.push(Unsent {
+                remote: path,
+                staged,
+                cause,
+            });
+        }
+        unsent
+    }
+}

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod detect;
 pub mod http;
+pub mod memory;
 pub mod transfer;
 pub mod v2;
 

@@ -1,1 +1,310 @@
-//! (owner fills this in)
+//! `StagingArea`: the on-disk write-back area where staged bytes are kept until the remote
+//! confirmed them ("staged bytes are sacred").
+//!
+//! One data file per staged file (`<id>.data`) plus, once it holds changes the remote does
+//! not have, a small JSON manifest (`<id>.json`: remote path, size, sha256, time, state,
+//! cause). The data is fsync'd before an upload starts and before `fsync` is acknowledged; a
+//! staged file is deleted only after its upload was confirmed (or the file was unlinked). A
+//! failed upload keeps both files and logs where they are. At startup, manifests left by an
+//! earlier run are listed (`leftovers`); data files without a manifest were clean copies and
+//! are removed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::remote::RemotePath;
+
+/// Where a staged file stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StagedState {
+    /// Holds changes not yet sent.
+    Dirty,
+    /// An upload is running.
+    Uploading,
+    /// The last upload failed; the data waits for a retry or `f7tfs recover`.
+    Failed,
+}
+
+/// The manifest beside a staged file with changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub remote_path: String,
+    pub size: u64,
+    /// Hex sha256 of the data (empty until an upload was attempted).
+    pub sha256: String,
+    /// Seconds since the epoch of the last manifest update.
+    pub time: u64,
+    pub state: StagedState,
+    pub cause: Option<String>,
+    /// Name of the data file in the staging dir.
+    pub data_file: String,
+}
+
+/// A manifest found at startup and where its data lives.
+#[derive(Clone, Debug)]
+pub struct Leftover {
+    pub manifest: Manifest,
+    pub data_path: PathBuf,
+    pub manifest_path: PathBuf,
+}
+
+/// The staging directory of a mount.
+pub struct StagingArea {
+    dir: PathBuf,
+}
+
+impl StagingArea {
+    /// Opens (creates) the staging directory.
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        Ok(StagingArea {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Manifests left by earlier runs (changes that never reached the remote). Data files
+    /// without a manifest were clean copies and are removed; the current run's files are not
+    /// touched (call this before staging anything).
+    pub fn leftovers(&self) -> std::io::Result<Vec<Leftover>> {
+        let mut out = Vec::new();
+        let mut with_manifest = std::collections::HashSet::new();
+        for e in fs::read_dir(&self.dir)?.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
+                tracing::warn!(path = %path.display(), "unreadable staging manifest left as is");
+                continue;
+            };
+            let data_path = self.dir.join(&manifest.data_file);
+            with_manifest.insert(manifest.data_file.clone());
+            out.push(Leftover {
+                manifest,
+                data_path,
+                manifest_path: path,
+            });
+        }
+        for e in fs::read_dir(&self.dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.ends_with(".data") && !with_manifest.contains(&name) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// A new, empty staged file for `remote`.
+    pub fn create(&self, remote: &RemotePath) -> std::io::Result<StagedFile> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let data_path = self.dir.join(format!("{id}.data"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&data_path)?;
+        Ok(StagedFile {
+            data_path,
+            manifest_path: self.dir.join(format!("{id}.json")),
+            data_file: format!("{id}.data"),
+            file,
+            remote: remote.clone(),
+        })
+    }
+}
+
+/// One staged file: the local copy of a remote file being written (or read back after a
+/// write). Dropping it keeps the files on disk; only `discard` deletes them.
+pub struct StagedFile {
+    data_path: PathBuf,
+    manifest_path: PathBuf,
+    data_file: String,
+    file: File,
+    remote: RemotePath,
+}
+
+impl StagedFile {
+    /// Where the data lives.
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// Where the manifest lives (present only while there are unsent changes).
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest_path
+    }
+
+    /// The remote path the data belongs to.
+    pub fn remote(&self) -> &RemotePath {
+        &self.remote
+    }
+
+    /// Retargets the staged file (local rename before its upload).
+    pub fn set_remote(&mut self, remote: RemotePath) {
+        self.remote = remote;
+    }
+
+    /// Current length.
+    pub fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Up to `len` bytes at `offset` (shorter at EOF).
+    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let size = self.len()?;
+        if offset >= size {
+            return Ok(Vec::new());
+        }
+        let n = (len as u64).min(size - offset) as usize;
+        let mut buf = vec![0; n];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset` (extending the file as needed).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+
+    /// Truncates or extends to `len`.
+    pub fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// Forces the data to disk.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The whole content.
+    pub fn read_all(&self) -> std::io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        let mut f = File::open(&self.data_path)?;
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Hex sha256 of the content.
+    pub fn sha256(&self) -> std::io::Result<String> {
+        let mut f = File::open(&self.data_path)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Writes (atomically replaces) the manifest.
+    pub fn write_manifest(
+        &self,
+        state: StagedState,
+        sha256: &str,
+        cause: Option<String>,
+    ) -> std::io::Result<()> {
+        let manifest = Manifest {
+            remote_path: self.remote.as_str().to_string(),
+            size: self.len()?,
+            sha256: sha256.to_string(),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            state,
+            cause,
+            data_file: self.data_file.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+        let tmp = self.manifest_path.with_extension("json.tmp");
+        fs::write(&tmp, text)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &self.manifest_path)
+    }
+
+    /// The remote confirmed the data: the manifest goes, the data stays as a clean copy.
+    pub fn mark_clean(&self) -> std::io::Result<()> {
+        match fs::remove_file(&self.manifest_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes data and manifest (after a confirmed upload, or an unlink).
+    pub fn discard(self) -> std::io::Result<()> {
+        self.mark_clean()?;
+        fs::remove_file(&self.data_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_survive_and_clean_copies_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(dir.path()).unwrap();
+        let dirty = area.create(&RemotePath::new("/a").unwrap()).unwrap();
+        dirty.write_at(0, b"hello").unwrap();
+        dirty
+            .write_manifest(StagedState::Failed, "", Some("EIO".into()))
+            .unwrap();
+        let clean = area.create(&RemotePath::new("/b").unwrap()).unwrap();
+        clean.write_at(3, b"x").unwrap();
+        assert_eq!(clean.read_at(0, 10).unwrap(), b"\0\0\0x");
+        let clean_path = clean.data_path().to_path_buf();
+        drop(clean);
+        drop(dirty);
+        let left = StagingArea::new(dir.path()).unwrap().leftovers().unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].manifest.remote_path, "/a");
+        assert_eq!(left[0].manifest.size, 5);
+        assert_eq!(left[0].manifest.state, StagedState::Failed);
+        assert_eq!(fs::read(&left[0].data_path).unwrap(), b"hello");
+        assert!(!clean_path.exists());
+    }
+
+    #[test]
+    fn discard_removes_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(dir.path()).unwrap();
+        let f = area.create(&RemotePath::new("/a").unwrap()).unwrap();
+        f.write_manifest(StagedState::Dirty, "", None).unwrap();
+        let (d, m) = (f.data_path().to_path_buf(), f.manifest_path().to_path_buf());
+        f.discard().unwrap();
+        assert!(!d.exists() && !m.exists());
+        assert_eq!(
+            f_sha_empty(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    fn f_sha_empty() -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let area = StagingArea::new(dir.path()).unwrap();
+        area.create(&RemotePath::root()).unwrap().sha256().unwrap()
+    }
+}

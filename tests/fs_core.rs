@@ -1,0 +1,917 @@
+//! Core tests without a kernel: `fs::Filesystem` ops called directly over `MemoryRemote`,
+//! checking results, remote state and call counts.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use f7tfs::cache::ManualClock;
+use f7tfs::config::MountConfig;
+use f7tfs::fs::{Entry, Filesystem, IdMap, Looked, SetAttr, ROOT_INO};
+use f7tfs::remote::memory::MemoryRemote;
+use f7tfs::remote::{FileKind, RemoteError};
+use fuser::TimeOrNow;
+use tempfile::TempDir;
+
+const ROOT: &str = "/home/u";
+
+struct H {
+    fs: Filesystem<MemoryRemote>,
+    clock: ManualClock,
+    dirs: TempDir,
+}
+
+fn ids() -> IdMap {
+    IdMap {
+        remote_uid: 5000,
+        remote_gid: 5001,
+        local_uid: 1000,
+        local_gid: 1001,
+    }
+}
+
+fn config(dirs: &TempDir) -> MountConfig {
+    let mut c = MountConfig::new(ROOT, dirs.path().join("mnt"));
+    c.staging.dir = dirs.path().join("staging");
+    c.cache.cache_dir = dirs.path().join("cache");
+    c
+}
+
+fn harness_with(remote: MemoryRemote) -> H {
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &config(&dirs), ids(), Arc::new(clock.clone())).unwrap();
+    H { fs, clock, dirs }
+}
+
+fn harness() -> H {
+    harness_with(MemoryRemote::new(5000, 5001))
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+fn r(h: &H) -> &MemoryRemote {
+    h.fs.remote()
+}
+
+fn path(rel: &str) -> String {
+    format!("{ROOT}/{rel}")
+}
+
+async fn found(h: &H, parent: u64, name: &str) -> Entry {
+    match h.fs.lookup(parent, os(name)).await.unwrap() {
+        Looked::Found(e) => e,
+        Looked::Absent { .. } => panic!("{name} not found"),
+    }
+}
+
+async fn absent(h: &H, parent: u64, name: &str) -> bool {
+    matches!(
+        h.fs.lookup(parent, os(name)).await.unwrap(),
+        Looked::Absent { .. }
+    )
+}
+
+async fn write_new(h: &H, parent: u64, name: &str, data: &[u8]) -> u64 {
+    let c =
+        h.fs.create(parent, os(name), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    if !data.is_empty() {
+        h.fs.write(c.opened.fh, 0, data).await.unwrap();
+    }
+    h.fs.flush(c.opened.fh).await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    c.entry.attr.ino
+}
+
+async fn read_all(h: &H, ino: u64) -> Vec<u8> {
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        let chunk = h.fs.read(o.fh, out.len() as u64, 131072).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    h.fs.release(o.fh).await.unwrap();
+    out
+}
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+#[tokio::test]
+async fn create_write_release_puts_content_on_the_remote() {
+    let h = harness();
+    let ino = write_new(&h, ROOT_INO, "a.txt", b"hello").await;
+    assert_eq!(r(&h).content(&path("a.txt")).unwrap(), b"hello");
+    assert_eq!(r(&h).get(&path("a.txt")).unwrap().perm, 0o644);
+    assert_eq!(r(&h).calls("upload"), 1);
+    assert_eq!(r(&h).calls("put_archive"), 0);
+    let a = h.fs.getattr(ino).await.unwrap().attr;
+    assert_eq!(a.size, 5);
+    assert_eq!(
+        (a.uid, a.gid),
+        (1000, 1001),
+        "remote ids map to the local user"
+    );
+    // Read right after close: served locally, no download.
+    assert_eq!(read_all(&h, ino).await, b"hello");
+    assert_eq!(r(&h).calls("download"), 0);
+}
+
+#[tokio::test]
+async fn new_file_mode_is_applied() {
+    let h = harness();
+    let c =
+        h.fs.create(ROOT_INO, os("x.sh"), 0o100755, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"#!/bin/sh\n").await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).get(&path("x.sh")).unwrap().perm, 0o755);
+}
+
+#[tokio::test]
+async fn empty_file_goes_through_the_archive_route() {
+    let h = harness();
+    let ino = write_new(&h, ROOT_INO, "empty", b"").await;
+    assert_eq!(r(&h).content(&path("empty")).unwrap(), b"");
+    assert_eq!(r(&h).calls("put_archive"), 1);
+    assert_eq!(r(&h).calls("upload"), 0, "v2's empty upload hangs");
+    assert_eq!(h.fs.getattr(ino).await.unwrap().attr.size, 0);
+}
+
+#[tokio::test]
+async fn o_trunc_needs_no_download_but_partial_writes_fetch_first() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"0123456789", SystemTime::now());
+    let e = found(&h, ROOT_INO, "f").await;
+    let o =
+        h.fs.open(e.attr.ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"new").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).calls("download"), 0);
+    assert_eq!(r(&h).content(&path("f")).unwrap(), b"new");
+
+    r(&h).put_file(&path("g"), b"0123456789", SystemTime::now());
+    let e = found(&h, ROOT_INO, "g").await;
+    let o = h.fs.open(e.attr.ino, libc::O_RDWR).await.unwrap();
+    assert_eq!(r(&h).calls("download"), 1);
+    h.fs.write(o.fh, 2, b"xy").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("g")).unwrap(), b"01xy456789");
+}
+
+#[tokio::test]
+async fn append_writes_at_the_end() {
+    let h = harness();
+    r(&h).put_file(&path("log"), b"one\n", SystemTime::now());
+    let e = found(&h, ROOT_INO, "log").await;
+    let o =
+        h.fs.open(e.attr.ino, libc::O_WRONLY | libc::O_APPEND)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"two\n").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("log")).unwrap(), b"one\ntwo\n");
+}
+
+#[tokio::test]
+async fn several_handles_share_one_staged_state() {
+    let h = harness();
+    r(&h).put_file(&path("s"), b"aaaa", SystemTime::now());
+    let ino = found(&h, ROOT_INO, "s").await.attr.ino;
+    let w = h.fs.open(ino, libc::O_RDWR).await.unwrap();
+    let rd = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    h.fs.write(w.fh, 0, b"bb").await.unwrap();
+    assert_eq!(&h.fs.read(rd.fh, 0, 10).await.unwrap()[..], b"bbaa");
+    h.fs.release(w.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("s")).unwrap(), b"bbaa");
+    h.fs.release(rd.fh).await.unwrap();
+    // A new open after the close sees the new content.
+    assert_eq!(read_all(&h, ino).await, b"bbaa");
+}
+
+#[tokio::test]
+async fn readdir_of_2000_entries_plus_getattr_of_each_is_one_list_call() {
+    let h = harness();
+    r(&h).mkdir_all(&path("big"));
+    for i in 0..2000 {
+        r(&h).put_file(&path(&format!("big/f{i:04}")), b"x", SystemTime::now());
+    }
+    let dir = found(&h, ROOT_INO, "big").await.attr.ino;
+    r(&h).reset_calls();
+    let d = h.fs.opendir(dir).await.unwrap();
+    let mut items = Vec::new();
+    let mut off = 0;
+    loop {
+        let batch = h.fs.readdir(dir, d.fh, off).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        // Pretend the kernel buffer holds 100 entries per call.
+        items.extend(batch.into_iter().take(100));
+        off = items.last().unwrap().offset;
+    }
+    h.fs.releasedir(d.fh);
+    assert_eq!(items.len(), 2002);
+    for it in items.iter().skip(2) {
+        let e = found(&h, dir, &it.name).await;
+        h.fs.getattr(e.attr.ino).await.unwrap();
+    }
+    assert_eq!(r(&h).calls("list"), 1);
+    assert_eq!(r(&h).total_calls(), 1);
+    // Unknown names in a freshly listed dir cost nothing either.
+    assert!(absent(&h, dir, "nope").await);
+    assert_eq!(r(&h).total_calls(), 1);
+}
+
+#[tokio::test]
+async fn readdirplus_counts_lookups_and_fits_the_buffer() {
+    let h = harness();
+    r(&h).mkdir_all(&path("d"));
+    for i in 0..50 {
+        r(&h).put_file(&path(&format!("d/file{i}")), b"x", SystemTime::now());
+    }
+    let dir = found(&h, ROOT_INO, "d").await.attr.ino;
+    let d = h.fs.opendir(dir).await.unwrap();
+    let first = h.fs.readdirplus(dir, d.fh, 0, 4096).await.unwrap();
+    assert!(first.len() < 52 && first.len() > 2);
+    let rest =
+        h.fs.readdirplus(dir, d.fh, first.last().unwrap().offset, 1 << 20)
+            .await
+            .unwrap();
+    assert_eq!(first.len() + rest.len(), 52);
+    assert!(rest.iter().all(|i| i.entry.is_some()));
+    assert_eq!(r(&h).calls("list"), 1);
+}
+
+#[tokio::test]
+async fn unlisted_dir_lookups_stat_once_then_list() {
+    let h = harness();
+    r(&h).mkdir_all(&path("d"));
+    for n in ["a", "b", "c", "e"] {
+        r(&h).put_file(&path(&format!("d/{n}")), b"x", SystemTime::now());
+    }
+    let dir = found(&h, ROOT_INO, "d").await.attr.ino;
+    r(&h).reset_calls();
+    found(&h, dir, "a").await;
+    assert_eq!((r(&h).calls("stat"), r(&h).calls("list")), (1, 0));
+    found(&h, dir, "b").await;
+    assert_eq!(r(&h).calls("list"), 1);
+    found(&h, dir, "c").await;
+    found(&h, dir, "e").await;
+    assert_eq!(r(&h).total_calls(), 2);
+}
+
+#[tokio::test]
+async fn remote_changes_show_after_the_ttl() {
+    let h = harness();
+    r(&h).put_file(&path("job.out"), b"1", SystemTime::now());
+    let ino = found(&h, ROOT_INO, "job.out").await.attr.ino;
+    assert_eq!(h.fs.getattr(ino).await.unwrap().attr.size, 1);
+    r(&h).put_file(
+        &path("job.out"),
+        b"12345",
+        SystemTime::now() + Duration::from_secs(10),
+    );
+    h.clock.advance(Duration::from_secs(4));
+    assert_eq!(
+        h.fs.getattr(ino).await.unwrap().attr.size,
+        1,
+        "cached within TTL"
+    );
+    h.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        h.fs.getattr(ino).await.unwrap().attr.size,
+        5,
+        "revalidated after TTL"
+    );
+    assert_eq!(read_all(&h, ino).await, b"12345");
+}
+
+#[tokio::test]
+async fn open_revalidates_after_ttl_and_keeps_cache_when_unchanged() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"v1", t(1_000_000));
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let o1 = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    h.fs.release(o1.fh).await.unwrap();
+    let o2 = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(o2.keep_cache);
+    h.fs.release(o2.fh).await.unwrap();
+    r(&h).put_file(&path("f"), b"v2!", t(1_000_100));
+    h.clock.advance(Duration::from_secs(6));
+    let stats = r(&h).calls("stat");
+    let o3 = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(r(&h).calls("stat"), stats + 1);
+    assert!(!o3.keep_cache);
+    assert_eq!(&h.fs.read(o3.fh, 0, 100).await.unwrap()[..], b"v2!");
+    h.fs.release(o3.fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn negative_lookups_are_cached_briefly() {
+    let h = harness();
+    assert!(absent(&h, ROOT_INO, "later").await);
+    let calls = r(&h).total_calls();
+    assert!(absent(&h, ROOT_INO, "later").await);
+    assert_eq!(r(&h).total_calls(), calls);
+    r(&h).put_file(&path("later"), b"x", SystemTime::now());
+    h.clock.advance(Duration::from_secs(6));
+    found(&h, ROOT_INO, "later").await;
+}
+
+#[tokio::test]
+async fn zero_ttl_always_revalidates() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    remote.put_file(&path("f"), b"1", SystemTime::now());
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.cache.attr_ttl = Duration::ZERO;
+    cfg.cache.dir_ttl = Duration::ZERO;
+    cfg.cache.negative_ttl = Duration::ZERO;
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(ManualClock::new())).unwrap();
+    let ino = match fs.lookup(ROOT_INO, os("f")).await.unwrap() {
+        Looked::Found(e) => e.attr.ino,
+        _ => panic!(),
+    };
+    fs.remote().put_file(&path("f"), b"123", SystemTime::now());
+    assert_eq!(fs.getattr(ino).await.unwrap().attr.size, 3);
+}
+
+#[tokio::test]
+async fn our_own_mutations_show_at_once() {
+    let h = harness();
+    let d = h.fs.opendir(ROOT_INO).await.unwrap();
+    assert_eq!(h.fs.readdir(ROOT_INO, d.fh, 0).await.unwrap().len(), 2);
+    h.fs.releasedir(d.fh);
+    write_new(&h, ROOT_INO, "n1", b"abc").await;
+    h.fs.mkdir(ROOT_INO, os("sub"), 0o755, 0o022).await.unwrap();
+    let d = h.fs.opendir(ROOT_INO).await.unwrap();
+    let names: Vec<String> =
+        h.fs.readdir(ROOT_INO, d.fh, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+    assert_eq!(names, vec![".", "..", "n1", "sub"]);
+    assert_eq!(r(&h).calls("list"), 1);
+    // A new directory is known empty: lookups inside cost nothing.
+    let sub = found(&h, ROOT_INO, "sub").await.attr.ino;
+    let before = r(&h).total_calls();
+    assert!(absent(&h, sub, "x").await);
+    assert_eq!(r(&h).total_calls(), before);
+}
+
+#[tokio::test]
+async fn open_new_file_is_listed_before_its_upload() {
+    let h = harness();
+    let c =
+        h.fs.create(ROOT_INO, os("inflight"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"12").await.unwrap();
+    h.clock.advance(Duration::from_secs(10));
+    let d = h.fs.opendir(ROOT_INO).await.unwrap();
+    let items = h.fs.readdir(ROOT_INO, d.fh, 0).await.unwrap();
+    assert!(items.iter().any(|i| i.name == "inflight"));
+    assert_eq!(h.fs.getattr(c.entry.attr.ino).await.unwrap().attr.size, 2);
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("inflight")).unwrap(), b"12");
+}
+
+#[tokio::test]
+async fn unlink_and_rmdir_check_first() {
+    let h = harness();
+    r(&h).mkdir_all(&path("full/inner"));
+    r(&h).put_file(&path("full/inner/f"), b"x", SystemTime::now());
+    r(&h).mkdir_all(&path("empty"));
+    r(&h).put_file(&path("file"), b"x", SystemTime::now());
+    let err = h.fs.rmdir(ROOT_INO, os("full")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    let err = h.fs.unlink(ROOT_INO, os("full")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EISDIR);
+    let err = h.fs.rmdir(ROOT_INO, os("file")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTDIR);
+    assert_eq!(
+        r(&h).calls("remove"),
+        0,
+        "rm is recursive: never called on a refusal"
+    );
+    assert!(r(&h).get(&path("full/inner/f")).is_some());
+    h.fs.rmdir(ROOT_INO, os("empty")).await.unwrap();
+    h.fs.unlink(ROOT_INO, os("file")).await.unwrap();
+    assert!(r(&h).get(&path("empty")).is_none());
+    assert!(r(&h).get(&path("file")).is_none());
+    assert!(absent(&h, ROOT_INO, "file").await);
+    let err = h.fs.unlink(ROOT_INO, os("file")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn rename_a_staged_file_is_local() {
+    let h = harness();
+    let c =
+        h.fs.create(ROOT_INO, os(".tmp123"), 0o100600, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"draft").await.unwrap();
+    h.fs.rename(ROOT_INO, os(".tmp123"), ROOT_INO, os("final"), 0)
+        .await
+        .unwrap();
+    // Only the target's existence was checked (one stat: the root was never listed).
+    assert_eq!(r(&h).total_calls(), r(&h).calls("stat"));
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("final")).unwrap(), b"draft");
+    assert!(r(&h).get(&path(".tmp123")).is_none());
+    assert_eq!(r(&h).get(&path("final")).unwrap().perm, 0o600);
+    assert_eq!(r(&h).calls("rename"), 0);
+    assert!(absent(&h, ROOT_INO, ".tmp123").await);
+    found(&h, ROOT_INO, "final").await;
+}
+
+#[tokio::test]
+async fn rename_a_symlink_recreates_it() {
+    let h = harness();
+    h.fs.symlink(ROOT_INO, os("l1"), Path::new("../rel/target"))
+        .await
+        .unwrap();
+    h.fs.rename(ROOT_INO, os("l1"), ROOT_INO, os("l2"), 0)
+        .await
+        .unwrap();
+    let n = r(&h).get(&path("l2")).unwrap();
+    assert_eq!(n.kind, FileKind::Symlink);
+    assert_eq!(n.link_target.as_deref(), Some("../rel/target"));
+    assert!(r(&h).get(&path("l1")).is_none());
+    assert_eq!(r(&h).calls("rename"), 0);
+    let ino = found(&h, ROOT_INO, "l2").await.attr.ino;
+    let calls = r(&h).total_calls();
+    assert_eq!(h.fs.readlink(ino).await.unwrap(), "../rel/target");
+    assert_eq!(r(&h).total_calls(), calls, "readlink served from cache");
+}
+
+#[tokio::test]
+async fn rename_small_file_copies_with_mode_and_mtime() {
+    let h = harness();
+    r(&h).put_file(&path("small"), b"content", t(1_600_000_000));
+    r(&h).get(&path("small")).unwrap();
+    h.fs.rename(ROOT_INO, os("small"), ROOT_INO, os("moved"), 0)
+        .await
+        .unwrap();
+    let n = r(&h).get(&path("moved")).unwrap();
+    assert_eq!(n.content.as_ref(), b"content");
+    assert_eq!(n.mtime, t(1_600_000_000));
+    assert!(r(&h).get(&path("small")).is_none());
+    assert_eq!(r(&h).calls("rename"), 0);
+    assert_eq!(r(&h).calls("put_archive"), 1);
+}
+
+#[tokio::test]
+async fn rename_large_file_or_dir_uses_remote_rename() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 8192));
+    r(&h).put_file(&path("large"), &vec![7u8; 10_000], SystemTime::now());
+    r(&h).mkdir_all(&path("dir/sub"));
+    h.fs.rename(ROOT_INO, os("large"), ROOT_INO, os("large2"), 0)
+        .await
+        .unwrap();
+    h.fs.rename(ROOT_INO, os("dir"), ROOT_INO, os("dir2"), 0)
+        .await
+        .unwrap();
+    assert_eq!(r(&h).calls("rename"), 2);
+    assert_eq!(r(&h).content(&path("large2")).unwrap().len(), 10_000);
+    assert!(r(&h).get(&path("dir2/sub")).is_some());
+    let d2 = found(&h, ROOT_INO, "dir2").await.attr.ino;
+    found(&h, d2, "sub").await;
+}
+
+#[tokio::test]
+async fn rename_posix_errors_are_checked_before_any_move() {
+    let h = harness();
+    r(&h).mkdir_all(&path("full/x"));
+    r(&h).mkdir_all(&path("d1"));
+    r(&h).mkdir_all(&path("emptyd"));
+    r(&h).put_file(&path("f1"), b"1", SystemTime::now());
+    r(&h).put_file(&path("f2"), b"2", SystemTime::now());
+    let e = |x: f7tfs::error::FsError| x.errno();
+    assert_eq!(
+        e(h.fs
+            .rename(ROOT_INO, os("f1"), ROOT_INO, os("full"), 0)
+            .await
+            .unwrap_err()),
+        libc::EISDIR
+    );
+    assert_eq!(
+        e(h.fs
+            .rename(ROOT_INO, os("d1"), ROOT_INO, os("f1"), 0)
+            .await
+            .unwrap_err()),
+        libc::ENOTDIR
+    );
+    assert_eq!(
+        e(h.fs
+            .rename(ROOT_INO, os("d1"), ROOT_INO, os("full"), 0)
+            .await
+            .unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        e(h.fs
+            .rename(
+                ROOT_INO,
+                os("f1"),
+                ROOT_INO,
+                os("f2"),
+                libc::RENAME_NOREPLACE
+            )
+            .await
+            .unwrap_err()),
+        libc::EEXIST
+    );
+    assert_eq!(
+        e(h.fs
+            .rename(
+                ROOT_INO,
+                os("f1"),
+                ROOT_INO,
+                os("f2"),
+                libc::RENAME_EXCHANGE
+            )
+            .await
+            .unwrap_err()),
+        libc::EINVAL
+    );
+    let d1 = found(&h, ROOT_INO, "d1").await.attr.ino;
+    assert_eq!(
+        e(h.fs
+            .rename(ROOT_INO, os("d1"), d1, os("inside"), 0)
+            .await
+            .unwrap_err()),
+        libc::EINVAL
+    );
+    assert_eq!(
+        r(&h).calls("rename") + r(&h).calls("remove") + r(&h).calls("put_archive"),
+        0
+    );
+    // Replace a file; replace an empty dir (not moved *into* it).
+    h.fs.rename(ROOT_INO, os("f1"), ROOT_INO, os("f2"), 0)
+        .await
+        .unwrap();
+    assert_eq!(r(&h).content(&path("f2")).unwrap(), b"1");
+    h.fs.rename(ROOT_INO, os("d1"), ROOT_INO, os("emptyd"), 0)
+        .await
+        .unwrap();
+    assert!(r(&h).get(&path("emptyd")).is_some());
+    assert!(r(&h).get(&path("emptyd/d1")).is_none());
+    assert!(r(&h).get(&path("d1")).is_none());
+}
+
+#[tokio::test]
+async fn names_the_api_cannot_carry_are_refused() {
+    let h = harness();
+    for bad in ["it's", "new\nline", "tab\there"] {
+        let err =
+            h.fs.create(ROOT_INO, os(bad), 0o100644, 0, libc::O_WRONLY)
+                .await
+                .unwrap_err();
+        assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
+        assert_eq!(
+            h.fs.mkdir(ROOT_INO, os(bad), 0o755, 0)
+                .await
+                .unwrap_err()
+                .errno(),
+            libc::EINVAL
+        );
+    }
+    assert_eq!(r(&h).total_calls(), 0);
+    // Unicode, spaces and leading dots are fine.
+    write_new(&h, ROOT_INO, "Grüße aus Zürich.txt", b"x").await;
+    write_new(&h, ROOT_INO, ".hidden", b"y").await;
+    assert!(r(&h).get(&path("Grüße aus Zürich.txt")).is_some());
+}
+
+#[tokio::test]
+async fn utimens_on_small_file_sets_the_real_mtime_once() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"data", t(1_700_000_000));
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let req = SetAttr {
+        mtime: Some(TimeOrNow::SpecificTime(t(1_500_000_000))),
+        ..Default::default()
+    };
+    let a = h.fs.setattr(ino, req.clone()).await.unwrap();
+    assert_eq!(a.attr.mtime, t(1_500_000_000));
+    let n = r(&h).get(&path("f")).unwrap();
+    assert_eq!(
+        (n.mtime, n.content.as_ref()),
+        (t(1_500_000_000), &b"data"[..])
+    );
+    assert_eq!(r(&h).calls("put_archive"), 1);
+    // rsync's second run: the same mtime again costs nothing.
+    h.fs.setattr(ino, req).await.unwrap();
+    assert_eq!(r(&h).calls("put_archive"), 1);
+}
+
+#[tokio::test]
+async fn write_utimens_chmod_close_is_one_archive_upload() {
+    let h = harness();
+    let c =
+        h.fs.create(ROOT_INO, os("t.bin"), 0o100600, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    let ino = c.entry.attr.ino;
+    h.fs.write(c.opened.fh, 0, b"payload").await.unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(TimeOrNow::SpecificTime(t(1_234_567_890))),
+            fh: Some(c.opened.fh),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o640),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.flush(c.opened.fh).await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).total_calls(), 1, "one put_archive");
+    let n = r(&h).get(&path("t.bin")).unwrap();
+    assert_eq!(
+        (n.perm, n.mtime, n.content.as_ref()),
+        (0o640, t(1_234_567_890), &b"payload"[..])
+    );
+    let a = h.fs.getattr(ino).await.unwrap().attr;
+    assert_eq!((a.perm, a.mtime), (0o640, t(1_234_567_890)));
+}
+
+#[tokio::test]
+async fn chmod_and_chown_are_direct_calls() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"x", SystemTime::now());
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let a =
+        h.fs.setattr(
+            ino,
+            SetAttr {
+                mode: Some(0o100700),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.attr.perm, 0o700);
+    assert_eq!(r(&h).get(&path("f")).unwrap().perm, 0o700);
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            gid: Some(4242),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let n = r(&h).get(&path("f")).unwrap();
+    assert_eq!(
+        (n.uid, n.gid),
+        (5000, 4242),
+        "chown sends both, uid mapped back"
+    );
+}
+
+#[tokio::test]
+async fn truncate_without_a_handle() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"0123456789", SystemTime::now());
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let a =
+        h.fs.setattr(
+            ino,
+            SetAttr {
+                size: Some(4),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.attr.size, 4);
+    assert_eq!(r(&h).content(&path("f")).unwrap(), b"0123");
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            size: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r(&h).content(&path("f")).unwrap(), b"");
+}
+
+#[tokio::test]
+async fn failed_upload_keeps_the_bytes_and_reports_the_error() {
+    let h = harness();
+    r(&h).fail_always("upload", RemoteError::QuotaExceeded("quota".into()));
+    let c =
+        h.fs.create(ROOT_INO, os("precious"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"do not lose me").await.unwrap();
+    let err = h.fs.flush(c.opened.fh).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EDQUOT);
+    assert!(h.fs.release(c.opened.fh).await.is_err());
+    let staging = h.dirs.path().join("staging");
+    let manifests: Vec<_> = std::fs::read_dir(&staging)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .collect();
+    assert_eq!(manifests.len(), 1);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(manifests[0].path()).unwrap()).unwrap();
+    assert_eq!(m["remote_path"], path("precious"));
+    assert_eq!(m["state"], "failed");
+    assert_eq!(m["size"], 14);
+    assert!(m["cause"].as_str().unwrap().contains("quota"));
+    let data = staging.join(m["data_file"].as_str().unwrap());
+    assert_eq!(std::fs::read(&data).unwrap(), b"do not lose me");
+    assert_eq!(h.fs.unsent().len(), 1);
+    // A restart lists it.
+    let again = Filesystem::new(
+        MemoryRemote::new(5000, 5001),
+        &config(&h.dirs),
+        ids(),
+        Arc::new(ManualClock::new()),
+    )
+    .unwrap();
+    assert_eq!(again.leftovers().len(), 1);
+    // Once the remote is back, the shutdown flush sends it.
+    r(&h).clear_faults();
+    assert!(h.fs.shutdown(Duration::from_secs(5)).await.is_empty());
+    assert_eq!(r(&h).content(&path("precious")).unwrap(), b"do not lose me");
+    assert!(h.fs.unsent().is_empty());
+}
+
+#[tokio::test]
+async fn large_file_partial_reads_fetch_only_what_is_asked() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(64 * 1024, 128 * 1024));
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 251) as u8).collect();
+    r(&h).put_file(&path("huge.bin"), &data, SystemTime::now());
+    let ino = found(&h, ROOT_INO, "huge.bin").await.attr.ino;
+    r(&h).reset_calls();
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    let peek = h.fs.read(o.fh, 10_000_000, 4096).await.unwrap();
+    assert_eq!(&peek[..], &data[10_000_000..10_004_096]);
+    assert_eq!(
+        r(&h).range_bytes(),
+        4096,
+        "a random peek fetches only what is asked"
+    );
+    assert_eq!(r(&h).calls("stage_download"), 1);
+    assert_eq!(r(&h).calls("download"), 0);
+    h.fs.release(o.fh).await.unwrap();
+    // Sequential read of everything is correct and reuses the staged object.
+    r(&h).reset_calls();
+    assert_eq!(read_all(&h, ino).await, data);
+    assert_eq!(r(&h).calls("stage_download"), 0);
+    assert!(
+        r(&h).calls("read_range") < 60,
+        "read-ahead grows: {}",
+        r(&h).calls("read_range")
+    );
+}
+
+#[tokio::test]
+async fn large_file_writes_use_the_staged_upload() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
+    let big = vec![9u8; 5000];
+    write_new(&h, ROOT_INO, "big", &big).await;
+    assert_eq!(r(&h).calls("upload_large"), 1);
+    assert_eq!(r(&h).content(&path("big")).unwrap(), big);
+    // Append to it: fetched through ranged reads first.
+    let ino = found(&h, ROOT_INO, "big").await.attr.ino;
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_APPEND)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"tail").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    let got = r(&h).content(&path("big")).unwrap();
+    assert_eq!(got.len(), 5004);
+    assert_eq!(&got[5000..], b"tail");
+}
+
+#[tokio::test]
+async fn concurrent_identical_calls_are_coalesced() {
+    let h = Arc::new(harness());
+    r(&h).mkdir_all(&path("d"));
+    r(&h).set_delay("list", Duration::from_millis(200));
+    let dir = found(&h, ROOT_INO, "d").await.attr.ino;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let d = h.fs.opendir(dir).await.unwrap();
+            h.fs.readdir(dir, d.fh, 0).await.unwrap().len()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 2);
+    }
+    assert_eq!(r(&h).calls("list"), 1);
+}
+
+#[tokio::test]
+async fn a_slow_upload_does_not_stall_listing() {
+    let h = Arc::new(harness());
+    r(&h).mkdir_all(&path("other"));
+    r(&h).set_delay("upload", Duration::from_secs(3));
+    let c =
+        h.fs.create(ROOT_INO, os("slow"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"x").await.unwrap();
+    let h2 = h.clone();
+    let upload = tokio::spawn(async move { h2.fs.release(c.opened.fh).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let dir = found(&h, ROOT_INO, "other").await.attr.ino;
+    let d = h.fs.opendir(dir).await.unwrap();
+    h.fs.readdir(dir, d.fh, 0).await.unwrap();
+    h.fs.getattr(c.entry.attr.ino).await.unwrap();
+    assert!(
+        !upload.is_finished(),
+        "listing answered while the upload runs"
+    );
+    upload.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unlink_of_an_open_new_file_never_uploads() {
+    let h = harness();
+    let c =
+        h.fs.create(ROOT_INO, os("gone"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"x").await.unwrap();
+    h.fs.unlink(ROOT_INO, os("gone")).await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).total_calls(), 0);
+    assert!(r(&h).get(&path("gone")).is_none());
+    let left: Vec<_> = std::fs::read_dir(h.dirs.path().join("staging"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "staging cleaned");
+}
+
+#[tokio::test]
+async fn unsupported_ops_answer_clearly() {
+    let h = harness();
+    assert_eq!(h.fs.link().await.unwrap_err().errno(), libc::EPERM);
+    assert_eq!(h.fs.xattr().unwrap_err().errno(), libc::ENOTSUP);
+    let err =
+        h.fs.mknod(ROOT_INO, os("fifo"), libc::S_IFIFO | 0o644, 0)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::EPERM);
+    h.fs.mknod(ROOT_INO, os("reg"), libc::S_IFREG | 0o644, 0)
+        .await
+        .unwrap();
+    assert_eq!(r(&h).content(&path("reg")).unwrap(), b"");
+    let s = h.fs.statfs();
+    assert!(s.blocks > 1 << 30 && s.bavail > 0);
+}
+
+#[tokio::test]
+async fn mkdir_symlink_readlink() {
+    let h = harness();
+    let e = h.fs.mkdir(ROOT_INO, os("d"), 0o40700, 0o022).await.unwrap();
+    assert_eq!(e.attr.perm, 0o700);
+    assert_eq!(r(&h).get(&path("d")).unwrap().perm, 0o700);
+    let err = h.fs.mkdir(ROOT_INO, os("d"), 0o755, 0).await.unwrap_err();
+    assert_eq!(err.errno(), libc::EEXIST);
+    let l =
+        h.fs.symlink(e.attr.ino, os("abs"), Path::new("/etc/hosts"))
+            .await
+            .unwrap();
+    assert_eq!(l.attr.kind, fuser::FileType::Symlink);
+    assert_eq!(h.fs.readlink(l.attr.ino).await.unwrap(), "/etc/hosts");
+}
