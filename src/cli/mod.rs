@@ -20,7 +20,7 @@ pub enum Command {
     /// Mount SYSTEM:/remote/path at MOUNTPOINT.
     Mount(mount::MountArgs),
     /// Serve the FirecREST v2 API over a local directory (for tests, demos and benchmarks).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -28,7 +28,7 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Mount(args) => mount::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
     };
     match result {
         Ok(()) => 0,

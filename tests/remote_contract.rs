@@ -1,0 +1,499 @@
+//! Contract suite of `RemoteFs`: one body (`suite`) exercising every trait method, run for
+//! `V2Client` against the bundled server (`f7tfs::server`), plain, with a short token lifetime
+//! (refreshes happen during the run) and with injected faults (5xx, 429 with Retry-After,
+//! dropped connections), plus connect-time failures (wrong secret, wrong token URL, unknown
+//! system).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use f7tfs::config::{Credentials, RemoteConfig};
+use f7tfs::remote::v2::V2Client;
+use f7tfs::remote::{
+    epoch, ArchiveMember, ArchiveMemberKind, FileKind, RemoteError, RemoteFs, RemotePath,
+};
+use f7tfs::server::{spawn, FaultPlan, ServeConfig, ServerHandle};
+
+/// Direct limit of the test server: "large" files are cheap.
+const MAX_OPS: u64 = 64 * 1024;
+const PART: u64 = 48 * 1024;
+
+struct Server {
+    handle: Option<ServerHandle>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = ServeConfig::new(dir.path());
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.job_delay = Duration::from_millis(50);
+        cfg.upload_poll_interval = Duration::from_millis(50);
+        cfg.max_ops_file_size = MAX_OPS;
+        cfg.max_part_size = PART;
+        tweak(&mut cfg);
+        let handle = spawn(cfg).await.unwrap();
+        Server {
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn h(&self) -> &ServerHandle {
+        self.handle.as_ref().unwrap()
+    }
+
+    fn root(&self) -> RemotePath {
+        RemotePath::new(self.h().root().to_str().unwrap()).unwrap()
+    }
+
+    fn config(&self, secret: &str) -> RemoteConfig {
+        let mut c = RemoteConfig::new(
+            self.h().url(),
+            self.h().system().to_uppercase(),
+            Credentials::ClientCredentials {
+                token_url: self.h().token_url(),
+                client_id: "f7tfs".into(),
+                client_secret: secret.into(),
+            },
+        );
+        c.call_timeout = Duration::from_secs(20);
+        c.op_deadline = Duration::from_secs(60);
+        c.max_retries = 8;
+        c
+    }
+
+    async fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.shutdown().await;
+        }
+    }
+}
+
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, RemoteError>, what: &str) {
+    assert!(matches!(r, Err(RemoteError::NotFound(_))), "{what}: {r:?}");
+}
+
+/// Every `RemoteFs` method against a fresh directory below `root`.
+async fn suite(remote: &impl RemoteFs, root: &RemotePath) {
+    let caps = remote.capabilities().clone();
+    assert!(caps.direct_upload_limit > 0);
+    assert!(caps.direct_download_limit <= caps.direct_upload_limit);
+    assert!(caps.filesystems.iter().any(|fs| root.starts_with(fs)));
+
+    // mkdir / stat / list
+    let dir = root.join(&format!("suite-{}", uuid::Uuid::new_v4())).unwrap();
+    let st = remote.mkdir(&dir).await.unwrap();
+    assert_eq!(st.kind, FileKind::Dir);
+    assert!(matches!(remote.mkdir(&dir).await, Err(RemoteError::Exists(_))));
+    assert!(remote.list(&dir).await.unwrap().is_empty());
+
+    // upload / download / overwrite
+    let hello = dir.join("hello.txt").unwrap();
+    remote
+        .upload(&hello, Bytes::from_static(b"hello world"))
+        .await
+        .unwrap();
+    assert_eq!(&remote.download(&hello).await.unwrap()[..], b"hello world");
+    remote
+        .upload(&hello, Bytes::from_static(b"hello again, world"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &remote.download(&hello).await.unwrap()[..],
+        b"hello again, world"
+    );
+    let st = remote.stat(&hello).await.unwrap();
+    assert_eq!((st.kind, st.size), (FileKind::File, 18));
+    assert!(st.ino.is_some() && st.atime.is_some());
+    let listing = remote.list(&dir).await.unwrap();
+    let e = listing.iter().find(|e| e.name == "hello.txt").unwrap();
+    assert_eq!((e.stat.kind, e.stat.size, e.stat.perm), (FileKind::File, 18, st.perm));
+    assert_eq!((e.stat.uid, e.stat.gid), (st.uid, st.gid));
+    assert_eq!(e.stat.mtime, st.mtime, "ls and stat times agree");
+    assert!(matches!(
+        remote.list(&hello).await,
+        Err(RemoteError::NotADirectory(_))
+    ));
+
+    // Unicode and spaces.
+    let uni = dir.join("unicodé ☃ файл with space.txt").unwrap();
+    remote.upload(&uni, Bytes::from_static(b"u")).await.unwrap();
+    let names: Vec<String> = remote
+        .list(&dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.contains(&"unicodé ☃ файл with space.txt".to_string()), "{names:?}");
+
+    // chmod
+    let st = remote.chmod(&hello, 0o600).await.unwrap();
+    assert_eq!(st.perm, 0o600);
+    assert_eq!(remote.stat(&hello).await.unwrap().perm, 0o600);
+    let st = remote.chmod(&dir, 0o2750).await.unwrap();
+    assert_eq!((st.kind, st.perm), (FileKind::Dir, 0o2750));
+    remote.chmod(&dir, 0o755).await.unwrap();
+
+    // Empty upload (not through ops/upload) keeps an existing file's mode.
+    remote.upload(&hello, Bytes::new()).await.unwrap();
+    let st = remote.stat(&hello).await.unwrap();
+    assert_eq!((st.size, st.perm), (0, 0o600));
+    assert!(remote.download(&hello).await.unwrap().is_empty());
+    let fresh_empty = dir.join("fresh-empty").unwrap();
+    remote.upload(&fresh_empty, Bytes::new()).await.unwrap();
+    assert_eq!(remote.stat(&fresh_empty).await.unwrap().size, 0);
+
+    // chown: both ids sent; as root, to another user.
+    let me = remote.stat(&hello).await.unwrap();
+    let (uid, gid) = if me.uid == 0 { (1, 1) } else { (me.uid, me.gid) };
+    let st = remote.chown(&hello, uid, gid).await.unwrap();
+    assert_eq!((st.uid, st.gid), (uid, gid));
+    let st = remote.stat(&hello).await.unwrap();
+    assert_eq!((st.uid, st.gid), (uid, gid));
+    remote.chown(&hello, me.uid, me.gid).await.unwrap();
+
+    // put_archive: content, mode, mtime, empty file, relative symlink, overwrite.
+    let when = epoch(1_577_836_800); // 2020-01-01T00:00:00Z
+    remote
+        .put_archive(
+            &dir,
+            vec![
+                ArchiveMember {
+                    name: "archived.txt".into(),
+                    kind: ArchiveMemberKind::File(Bytes::from_static(b"from a tar")),
+                    perm: 0o640,
+                    mtime: when,
+                },
+                ArchiveMember {
+                    name: "archived-empty".into(),
+                    kind: ArchiveMemberKind::File(Bytes::new()),
+                    perm: 0o600,
+                    mtime: when,
+                },
+                ArchiveMember {
+                    name: "rel-link".into(),
+                    kind: ArchiveMemberKind::Symlink("archived.txt".into()),
+                    perm: 0o777,
+                    mtime: when,
+                },
+                ArchiveMember {
+                    name: "hello.txt".into(),
+                    kind: ArchiveMemberKind::File(Bytes::from_static(b"replaced")),
+                    perm: 0o644,
+                    mtime: when,
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let archived = dir.join("archived.txt").unwrap();
+    let st = remote.stat(&archived).await.unwrap();
+    assert_eq!((st.perm, st.size, st.mtime), (0o640, 10, when));
+    assert_eq!(&remote.download(&archived).await.unwrap()[..], b"from a tar");
+    let st = remote.stat(&dir.join("archived-empty").unwrap()).await.unwrap();
+    assert_eq!((st.size, st.perm, st.mtime), (0, 0o600, when));
+    assert_eq!(&remote.download(&hello).await.unwrap()[..], b"replaced");
+    let rel = dir.join("rel-link").unwrap();
+    assert_eq!(remote.read_link(&rel).await.unwrap(), "archived.txt");
+    assert_eq!(remote.stat(&rel).await.unwrap().kind, FileKind::Symlink);
+    let listing = remote.list(&dir).await.unwrap();
+    assert!(
+        !listing.iter().any(|e| e.name.starts_with(".f7tfs-")),
+        "archive left behind: {listing:?}"
+    );
+    let l = listing.iter().find(|e| e.name == "rel-link").unwrap();
+    assert_eq!(l.stat.kind, FileKind::Symlink);
+    assert_eq!(l.link_target.as_deref(), Some("archived.txt"));
+    let a = listing.iter().find(|e| e.name == "archived.txt").unwrap();
+    assert_eq!(a.stat.mtime, when, "ls time in the remote zone");
+
+    // symlink: absolute inside the filesystem, dangling absolute, relative.
+    let abs = dir.join("abs-link").unwrap();
+    remote.symlink(archived.as_str(), &abs).await.unwrap();
+    assert_eq!(remote.read_link(&abs).await.unwrap(), archived.as_str());
+    let dangling = dir.join("dangling").unwrap();
+    let nowhere = dir.join("nowhere").unwrap();
+    remote.symlink(nowhere.as_str(), &dangling).await.unwrap();
+    assert_eq!(remote.read_link(&dangling).await.unwrap(), nowhere.as_str());
+    let rel2 = dir.join("rel-link-2").unwrap();
+    remote.symlink("../x/y", &rel2).await.unwrap();
+    assert_eq!(remote.read_link(&rel2).await.unwrap(), "../x/y");
+    assert!(matches!(
+        remote.read_link(&archived).await,
+        Err(RemoteError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        remote.symlink(archived.as_str(), &abs).await,
+        Err(RemoteError::Exists(_))
+    ));
+
+    // rename (a transfer job), verified; a missing source is NotFound.
+    let renamed = dir.join("renamed.txt").unwrap();
+    remote.rename(&archived, &renamed).await.unwrap();
+    assert_not_found(remote.stat(&archived).await, "renamed source");
+    assert_eq!(&remote.download(&renamed).await.unwrap()[..], b"from a tar");
+    let sub = dir.join("sub").unwrap();
+    remote.mkdir(&sub).await.unwrap();
+    remote
+        .upload(&sub.join("inner").unwrap(), Bytes::from_static(b"inner"))
+        .await
+        .unwrap();
+    let sub2 = dir.join("sub2").unwrap();
+    remote.rename(&sub, &sub2).await.unwrap();
+    assert_eq!(
+        &remote
+            .download(&sub2.join("inner").unwrap())
+            .await
+            .unwrap()[..],
+        b"inner"
+    );
+    let missing = dir.join("not-there").unwrap();
+    assert_not_found(
+        remote.rename(&missing, &dir.join("x").unwrap()).await,
+        "rename of a missing source",
+    );
+    assert_not_found(remote.stat(&dir.join("x").unwrap()).await, "no target");
+
+    // Errors.
+    assert_not_found(remote.stat(&missing).await, "stat");
+    assert_not_found(remote.download(&missing).await, "download");
+    assert_not_found(remote.list(&missing).await, "list");
+    assert_not_found(remote.remove(&missing).await, "remove");
+    assert!(matches!(
+        remote.stat(&dir.join("it's").unwrap()).await,
+        Err(RemoteError::InvalidName(_))
+    ));
+
+    // Large files: staged upload in parts, staged download with ranged reads.
+    let size = 3 * PART as usize + 1234;
+    let content = pseudo_random(size, 7);
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(local.path(), &content).unwrap();
+    let big = dir.join("big.bin").unwrap();
+    let last = Arc::new(AtomicU64::new(0));
+    let seen = last.clone();
+    remote
+        .upload_large(
+            &big,
+            local.path(),
+            size as u64,
+            Some(Arc::new(move |done, total| {
+                assert!(done <= total);
+                seen.store(done, Ordering::SeqCst);
+            })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.load(Ordering::SeqCst), size as u64);
+    assert_eq!(remote.stat(&big).await.unwrap().size, size as u64);
+    assert!(size as u64 > caps.direct_download_limit);
+    assert!(matches!(
+        remote.download(&big).await,
+        Err(RemoteError::TooLarge(_))
+    ));
+    let staged = remote.stage_download(&big, size as u64).await.unwrap();
+    assert_eq!(staged.size, size as u64);
+    assert!(staged.expires > SystemTime::now() + Duration::from_secs(60));
+    let head = remote.read_range(&staged, 0, 1000).await.unwrap();
+    assert_eq!(&head[..], &content[..1000]);
+    let across = remote
+        .read_range(&staged, PART - 100, 300)
+        .await
+        .unwrap();
+    assert_eq!(&across[..], &content[PART as usize - 100..PART as usize + 200]);
+    let tail = remote
+        .read_range(&staged, size as u64 - 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &content[size - 10..]);
+    assert!(remote
+        .read_range(&staged, size as u64 + 5, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let mut whole = Vec::new();
+    let mut off = 0u64;
+    while off < size as u64 {
+        let chunk = remote.read_range(&staged, off, 40_000).await.unwrap();
+        assert!(!chunk.is_empty());
+        off += chunk.len() as u64;
+        whole.extend_from_slice(&chunk);
+    }
+    assert_eq!(whole, content);
+
+    // remove: file, symlink (not its target), tree.
+    remote.remove(&abs).await.unwrap();
+    assert_not_found(remote.stat(&abs).await, "removed link");
+    remote.remove(&big).await.unwrap();
+    assert_not_found(remote.stat(&big).await, "removed file");
+    remote.remove(&dir).await.unwrap();
+    assert_not_found(remote.stat(&dir).await, "removed tree");
+}
+
+/// No transfer-job log files may be left in the served tree.
+fn assert_no_job_logs(root: &std::path::Path) {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().to_string();
+            assert!(
+                !name.starts_with(".f7t_file_handling_job"),
+                "job log left behind: {}",
+                e.path().display()
+            );
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_client_passes_the_contract_suite() {
+    let server = Server::start(|_| {}).await;
+    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    assert_eq!(client.capabilities().api_version, "v2");
+    assert_eq!(client.capabilities().direct_upload_limit, MAX_OPS);
+    assert_eq!(client.capabilities().max_part_size, PART);
+    assert_eq!(client.system(), server.h().system());
+    let info = client.userinfo().await.unwrap();
+    assert_eq!(info.user.name, server.h().user());
+    let root = server.root();
+    assert!(client.check_path(&root).await.is_ok());
+    assert!(matches!(
+        client.check_path(&RemotePath::new("/definitely/elsewhere").unwrap()).await,
+        Err(RemoteError::InvalidArgument(_))
+    ));
+
+    server.h().reset_stats();
+    suite(&client, &root).await;
+    assert_no_job_logs(&server.h().root());
+
+    // One call per listing.
+    server.h().reset_stats();
+    client.list(&root).await.unwrap();
+    assert_eq!(server.h().stats().calls("GET ops/ls"), 1);
+    assert_eq!(server.h().stats().total_calls(), 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_zone_detection_and_configuration() {
+    let server = Server::start(|_| {}).await;
+    let root = server.root();
+    std::fs::write(server.h().root().join("probe"), b"x").unwrap();
+    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    client.detect_timezone(&root).await.unwrap();
+    let st = client.stat(&root.join("probe").unwrap()).await.unwrap();
+    let listing = client.list(&root).await.unwrap();
+    let e = listing.iter().find(|e| e.name == "probe").unwrap();
+    assert_eq!(e.stat.mtime, st.mtime);
+
+    let mut cfg = server.config("f7tfs");
+    cfg.remote_timezone = Some("No/Such_Zone".into());
+    let err = V2Client::connect(&cfg).await.err().unwrap();
+    assert!(matches!(err, RemoteError::InvalidArgument(_)), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_one_line_and_name_the_fix() {
+    let server = Server::start(|_| {}).await;
+
+    let err = V2Client::connect(&server.config("wrong-secret-xyz"))
+        .await
+        .err()
+        .unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, RemoteError::Unauthorized(_)), "{text}");
+    assert!(text.contains("FIRECREST_CLIENT_SECRET"), "{text}");
+    assert!(!text.contains("wrong-secret-xyz") && !text.contains('\n'), "{text}");
+
+    let mut cfg = server.config("f7tfs");
+    cfg.credentials = Credentials::ClientCredentials {
+        token_url: format!("{}/no/such/token", server.h().url()),
+        client_id: "f7tfs".into(),
+        client_secret: "f7tfs".into(),
+    };
+    let text = V2Client::connect(&cfg).await.err().unwrap().to_string();
+    assert!(text.contains("AUTH_TOKEN_URL") && !text.contains('\n'), "{text}");
+
+    let mut cfg = server.config("f7tfs");
+    cfg.system = "nosuchsystem".into();
+    let err = V2Client::connect(&cfg).await.err().unwrap();
+    let text = err.to_string();
+    assert!(text.contains("nosuchsystem") && text.contains(&server.h().system()), "{text}");
+
+    let mut cfg = server.config("f7tfs");
+    cfg.api_version = Some(f7tfs::config::ApiVersion::V1);
+    let text = V2Client::connect(&cfg).await.err().unwrap().to_string();
+    assert!(text.contains("FirecREST v1 is not supported yet"), "{text}");
+
+    let mut cfg = server.config("f7tfs");
+    cfg.credentials = Credentials::TokenCommand("echo no-such-token".into());
+    let err = V2Client::connect(&cfg).await.err().unwrap();
+    assert!(matches!(err, RemoteError::Unauthorized(_)), "{err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_token_lifetime_refreshes_during_the_suite() {
+    let server = Server::start(|c| {
+        c.token_lifetime = Duration::from_secs(4);
+        c.min_token_ttl = Duration::from_secs(1);
+    })
+    .await;
+    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    let before = client.token_fetches();
+    suite(&client, &server.root()).await;
+    // Make sure the run outlived at least one token.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.stat(&server.root()).await.unwrap();
+    assert!(
+        client.token_fetches() > before,
+        "no refresh: {} fetches",
+        client.token_fetches()
+    );
+    assert!(server.h().stats().calls("POST auth/token") >= 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_survives_5xx_429_and_dropped_connections() {
+    let server = Server::start(|_| {}).await;
+    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    // Faults on the calls the client may replay, 429 on everything (it is refused before
+    // processing), dropped connections on reads.
+    let plan = FaultPlan::parse(&[
+        "*:429=0.05:retry-after=1:times=3",
+        "ops/ls,ops/stat,ops/download,ops/chmod,ops/chown,ops/rm,compute/jobs,s3/part,s3/object:5xx=0.25",
+        "ops/stat,ops/ls:drop=0.1:times=4",
+    ])
+    .unwrap();
+    server.h().set_faults(plan);
+    suite(&client, &server.root()).await;
+    let stats = server.h().stats();
+    let faults: u64 = stats.endpoints.values().map(|e| e.faults).sum();
+    assert!(faults > 0, "no fault fired");
+    let retries = client.http_stats().retries.load(Ordering::Relaxed);
+    assert!(retries >= faults, "retries {retries} < faults {faults}");
+    server.stop().await;
+}
