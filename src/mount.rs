@@ -1,1 +1,290 @@
-//! (owner fills this in)
+//! Wiring of `f7tfs mount`: connect the remote client (one-line errors naming cause and fix),
+//! check the remote path, build the core and the FUSE session, serve until Ctrl-C, SIGTERM or
+//! an external `fusermount3 -u`, then unmount cleanly: running ops drained, dirty files
+//! uploaded (bounded wait), files whose upload failed left in staging and reported.
+//!
+//! The flavour is chosen here, once (`run_with` is generic over `RemoteFs`).
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::MountOption;
+use tokio::runtime::Runtime;
+
+use crate::cache::SystemClock;
+use crate::config::{MountConfig, RemoteConfig};
+use crate::fs::{Filesystem, IdMap};
+use crate::fuse::{FuseAdapter, DRAIN_TIMEOUT};
+use crate::remote::v2::V2Client;
+use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath};
+
+/// Connects, mounts and serves until unmounted. Errors are one line naming cause and fix.
+pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), String> {
+    check_mountpoint(&mount_cfg.mountpoint)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .thread_name("f7tfs-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let root = RemotePath::new(&mount_cfg.remote_root).map_err(|e| e.to_string())?;
+    let client = rt
+        .block_on(V2Client::connect(&remote_cfg))
+        .map_err(|e| connect_error(&remote_cfg, e))?;
+    let stat = rt
+        .block_on(client.check_path(&root))
+        .map_err(|e| path_error(&remote_cfg, &root, e))?;
+    if stat.kind != FileKind::Dir {
+        return Err(format!(
+            "{}:{root} is not a directory; mount a directory",
+            remote_cfg.system
+        ));
+    }
+    if remote_cfg.remote_timezone.is_none() {
+        if let Err(e) = rt.block_on(client.detect_timezone(&root)) {
+            tracing::debug!("time zone detection at the mount root: {e}");
+        }
+    }
+    let user = client.user().clone();
+    let ids = IdMap {
+        remote_uid: user.user.id.parse().map_err(|_| {
+            format!("the server reported a non-numeric uid {:?}", user.user.id)
+        })?,
+        remote_gid: user.group.id.parse().map_err(|_| {
+            format!("the server reported a non-numeric gid {:?}", user.group.id)
+        })?,
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        local_uid: unsafe { libc::getuid() },
+        local_gid: unsafe { libc::getgid() },
+    };
+    tracing::info!(
+        system = %remote_cfg.system,
+        root = %root,
+        remote_user = %user.user.name,
+        tz = ?client.timezone(),
+        "connected"
+    );
+    let fsname = format!("{}:{}", remote_cfg.system, root);
+    run_with(rt, client, &mount_cfg, ids, fsname)
+}
+
+fn check_mountpoint(mp: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(mp).map_err(|e| {
+        format!("mount point {} is not usable ({e}); create it with mkdir -p", mp.display())
+    })?;
+    if !meta.is_dir() {
+        return Err(format!("mount point {} is not a directory", mp.display()));
+    }
+    if is_mounted(mp) {
+        return Err(format!(
+            "{} is already a mount point; unmount it first (fusermount3 -u {})",
+            mp.display(),
+            mp.display()
+        ));
+    }
+    Ok(())
+}
+
+fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
+    match e {
+        RemoteError::Unauthorized(m) => format!(
+            "authentication failed: {m} (check FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET and \
+             AUTH_TOKEN_URL)"
+        ),
+        RemoteError::NotFound(m) => format!(
+            "system {:?} not found at {}: {m} (check the SYSTEM part of SYSTEM:/path)",
+            cfg.system, cfg.url
+        ),
+        RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
+            "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",
+            cfg.url
+        ),
+        other => format!("cannot connect to {} ({}): {other}", cfg.url, cfg.system),
+    }
+}
+
+fn path_error(cfg: &RemoteConfig, root: &RemotePath, e: RemoteError) -> String {
+    match e {
+        RemoteError::NotFound(_) => format!(
+            "{}:{root} does not exist (check the path after {}:)",
+            cfg.system, cfg.system
+        ),
+        RemoteError::PermissionDenied(_) => format!(
+            "{}:{root} is not accessible to the token's user (permission denied)",
+            cfg.system
+        ),
+        other => format!("{}:{root}: {other}", cfg.system),
+    }
+}
+
+/// Whether `mp` is a mount point right now (from /proc/self/mountinfo).
+pub fn is_mounted(mp: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(mp) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
+}
+
+/// Unmounts `mp`: `fusermount3 -u`, then lazily if busy.
+pub fn unmount(mp: &Path) -> bool {
+    for args in [&["-u"][..], &["-u", "-z"][..]] {
+        let ok = Command::new("fusermount3")
+            .args(args)
+            .arg(mp)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return true;
+        }
+        tracing::warn!("fusermount3 {} {} failed", args.join(" "), mp.display());
+    }
+    false
+}
+
+/// Mounts `client` at `mount_cfg.mountpoint` and serves until unmounted.
+pub fn run_with<R: RemoteFs>(
+    rt: Runtime,
+    client: R,
+    mount_cfg: &MountConfig,
+    ids: IdMap,
+    fsname: String,
+) -> Result<(), String> {
+    let fs = Arc::new(
+        Filesystem::new(client, mount_cfg, ids, Arc::new(SystemClock))
+            .map_err(|e| format!("cannot prepare the staging area or cache: {e}"))?,
+    );
+    if !fs.leftovers().is_empty() {
+        eprintln!(
+            "f7tfs: {} staged write(s) of an earlier run never reached the remote; they are kept \
+             in {}",
+            fs.leftovers().len(),
+            fs.staging_dir().display()
+        );
+    }
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), mount_cfg.max_in_flight_ops);
+    let permits = adapter.permits();
+    let mut options = vec![
+        MountOption::FSName(fsname),
+        MountOption::Subtype("f7tfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if mount_cfg.allow_other {
+        options.push(MountOption::AllowOther);
+    }
+    options.push(if mount_cfg.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    let mp = mount_cfg.mountpoint.clone();
+    let mut session = fuser::Session::new(adapter, &mp, &options)
+        .map_err(|e| format!("cannot mount at {}: {e}", mp.display()))?;
+    let unmounter = Arc::new(parking_lot::Mutex::new(session.unmount_callable()));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("f7tfs-fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            drop(session);
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| format!("cannot start the FUSE thread: {e}"))?;
+    tracing::info!(mountpoint = %mp.display(), "mounted");
+
+    let max_ops = mount_cfg.max_in_flight_ops.max(1) as u32;
+    let wait = mount_cfg.staging.unmount_wait;
+    let result: Result<(), String> = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+        let mut done_rx = done_rx;
+        let ended = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            r = &mut done_rx => Some(r),
+        };
+        let session_result = match ended {
+            Some(r) => r,
+            None => {
+                tracing::info!("signal received: unmounting (a second signal leaves unsent data staged)");
+                tokio::spawn(async {
+                    let second = async {
+                        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                            Ok(mut t) => {
+                                tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = t.recv() => {} }
+                            }
+                            Err(_) => {
+                                let _ = tokio::signal::ctrl_c().await;
+                            }
+                        }
+                    };
+                    second.await;
+                    eprintln!("f7tfs: second signal: exiting now; unsent data stays staged");
+                    std::process::exit(1);
+                });
+                let mp2 = mp.clone();
+                let unmounter = unmounter.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    // fuser's own unmount first (it then knows not to unmount again), then
+                    // fusermount3, lazily if the mount is busy.
+                    let _ = unmounter.lock().unmount();
+                    if is_mounted(&mp2) {
+                        unmount(&mp2);
+                    }
+                })
+                .await;
+                match tokio::time::timeout(wait, done_rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!("the FUSE session did not end within {wait:?}");
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        if let Ok(Err(e)) = session_result {
+            tracing::error!("FUSE session failed: {e}");
+        }
+        // Ops still running (e.g. a release uploading) finish first.
+        if tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(max_ops))
+            .await
+            .is_err()
+        {
+            tracing::warn!("some operations were still running after {DRAIN_TIMEOUT:?}");
+        }
+        let unsent = fs.shutdown(wait).await;
+        for u in &unsent {
+            tracing::error!(
+                remote = %u.remote,
+                staged = %u.staged.display(),
+                "not uploaded: {}",
+                u.cause
+            );
+            eprintln!(
+                "f7tfs: {} was not uploaded ({}); the data is kept in {}",
+                u.remote,
+                u.cause,
+                u.staged.display()
+            );
+        }
+        Ok(())
+    });
+    if thread.is_finished() {
+        let _ = thread.join();
+    }
+    if is_mounted(&mount_cfg.mountpoint) {
+        unmount(&mount_cfg.mountpoint);
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("unmounted");
+    result
+}

@@ -1,10 +1,341 @@
-//! `f7tfs mount` arguments.
+//! `f7tfs mount SYSTEM:/remote/path MOUNTPOINT [options]`: clap arguments and their
+//! conversion into `RemoteConfig` + `MountConfig`. Connection settings come from the
+//! environment names pyfirecrest uses (FIRECREST_URL, FIRECREST_CLIENT_ID,
+//! FIRECREST_CLIENT_SECRET, AUTH_TOKEN_URL, FIRECREST_TOKEN_COMMAND), overridable by flags;
+//! the client secret never comes from the command line (environment or `--client-secret-file`).
 
-/// Mount arguments.
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{ApiVersion, Credentials, MountConfig, RemoteConfig};
+
+/// Mount a FirecREST path as a local folder.
 #[derive(Debug, clap::Args)]
-pub struct MountArgs {}
+pub struct MountArgs {
+    /// What to mount: SYSTEM:/absolute/remote/path.
+    pub source: String,
+    /// Where to mount it (an existing directory).
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts).
+    #[arg(short = 'f', long)]
+    pub foreground: bool,
+    /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
+    /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
+    /// rw, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// accepted and ignored).
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Attribute cache TTL in seconds (0 = always revalidate).
+    #[arg(long)]
+    pub attr_ttl: Option<f64>,
+    /// Negative lookup TTL in seconds.
+    #[arg(long)]
+    pub negative_ttl: Option<f64>,
+    /// Directory listing TTL in seconds.
+    #[arg(long)]
+    pub dir_ttl: Option<f64>,
+    /// Write-back staging directory (default ~/.cache/f7tfs/staging).
+    #[arg(long)]
+    pub staging_dir: Option<PathBuf>,
+    /// Content cache directory (default ~/.cache/f7tfs/content).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound of the content cache, e.g. 10G, 500M.
+    #[arg(long)]
+    pub cache_max_size: Option<String>,
+    /// IANA time zone of the remote's `ls` times (default: detected).
+    #[arg(long)]
+    pub remote_timezone: Option<String>,
+    /// Let other local users access the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+    /// FirecREST API version (only v2 is implemented).
+    #[arg(long)]
+    pub api_version: Option<String>,
+    /// FirecREST base URL.
+    #[arg(long, env = "FIRECREST_URL")]
+    pub url: Option<String>,
+    /// OIDC client id.
+    #[arg(long, env = "FIRECREST_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// File holding the OIDC client secret (else $FIRECREST_CLIENT_SECRET).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// OIDC token endpoint.
+    #[arg(long, env = "AUTH_TOKEN_URL")]
+    pub token_url: Option<String>,
+    /// A command printing an access token (instead of client credentials).
+    #[arg(long, env = "FIRECREST_TOKEN_COMMAND")]
+    pub token_command: Option<String>,
+    /// A file holding an access token (instead of client credentials).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, String> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("{what} must be a number of seconds >= 0, got {v}"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn parse_secs(v: &str, what: &str) -> Result<Duration, String> {
+    secs(
+        v.parse::<f64>()
+            .map_err(|_| format!("{what} must be seconds, got {v:?}"))?,
+        what,
+    )
+}
+
+/// `10G`, `500M`, `64K`, `1000` → bytes (binary units).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = t[i..].to_ascii_uppercase();
+            let mult: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => return Err(format!("unknown size unit in {v:?} (use K, M, G, T)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a size: {v:?} (e.g. 10G)"))?;
+    if n < 0.0 || !n.is_finite() {
+        return Err(format!("not a size: {v:?}"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+impl MountArgs {
+    /// Folds `-o` options into the flags (flags given explicitly win).
+    fn apply_options(&mut self, mount: &mut MountConfig) -> Result<(), String> {
+        let options = std::mem::take(&mut self.options);
+        for opt in &options {
+            self.apply_option(opt.trim(), mount)?;
+        }
+        Ok(())
+    }
+
+    fn apply_option<'a>(&mut self, opt: &'a str, mount: &mut MountConfig) -> Result<(), String> {
+        {
+            if opt.is_empty() {
+                return Ok(());
+            }
+            let (key, val) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let missing = format!("-o {key} needs a value ({key}=...)");
+            let need = |v: Option<&'a str>| v.ok_or(missing.clone());
+            match key {
+                "attr_ttl" if self.attr_ttl.is_none() => mount.cache.attr_ttl = parse_secs(need(val)?, key)?,
+                "negative_ttl" if self.negative_ttl.is_none() => {
+                    mount.cache.negative_ttl = parse_secs(need(val)?, key)?
+                }
+                "dir_ttl" if self.dir_ttl.is_none() => mount.cache.dir_ttl = parse_secs(need(val)?, key)?,
+                "staging_dir" if self.staging_dir.is_none() => {
+                    mount.staging.dir = PathBuf::from(need(val)?)
+                }
+                "cache_dir" if self.cache_dir.is_none() => mount.cache.cache_dir = PathBuf::from(need(val)?),
+                "cache_max_size" if self.cache_max_size.is_none() => {
+                    mount.cache.cache_max_size = parse_size(need(val)?)?
+                }
+                "remote_timezone" if self.remote_timezone.is_none() => {
+                    self.remote_timezone = Some(need(val)?.to_string())
+                }
+                "api_version" if self.api_version.is_none() => self.api_version = Some(need(val)?.to_string()),
+                "max_in_flight" => {
+                    mount.max_in_flight_ops = need(val)?
+                        .parse()
+                        .map_err(|_| "max_in_flight must be a number".to_string())?
+                }
+                "allow_other" => mount.allow_other = true,
+                "ro" => mount.read_only = true,
+                "rw" => mount.read_only = false,
+                "attr_ttl" | "negative_ttl" | "dir_ttl" | "staging_dir" | "cache_dir"
+                | "cache_max_size" | "remote_timezone" | "api_version" => {}
+                "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "auto" | "noauto"
+                | "user" | "users" | "nofail" | "_netdev" | "default_permissions" | "atime"
+                | "noatime" | "relatime" => {}
+                other => {
+                    return Err(format!(
+                        "unknown mount option -o {other} (see f7tfs mount --help)"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn credentials(&self) -> Result<Credentials, String> {
+        if let Some(cmd) = self.token_command.clone().filter(|c| !c.trim().is_empty()) {
+            return Ok(Credentials::TokenCommand(cmd));
+        }
+        if let Some(file) = self.token_file.clone() {
+            return Ok(Credentials::TokenFile(file));
+        }
+        let client_id = self.client_id.clone().filter(|s| !s.is_empty()).ok_or(
+            "no credentials: set FIRECREST_CLIENT_ID, FIRECREST_CLIENT_SECRET and AUTH_TOKEN_URL \
+             (or FIRECREST_TOKEN_COMMAND)",
+        )?;
+        let token_url = self
+            .token_url
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or("no token endpoint: set AUTH_TOKEN_URL (or --token-url)")?;
+        let client_secret = match &self.client_secret_file {
+            Some(path) => {
+                let meta = std::fs::metadata(path)
+                    .map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?;
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        "client secret file {} is readable by group or others; chmod 600 it",
+                        path.display()
+                    );
+                }
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?
+                    .trim()
+                    .to_string()
+            }
+            None => std::env::var("FIRECREST_CLIENT_SECRET").map_err(|_| {
+                "no client secret: set FIRECREST_CLIENT_SECRET or pass --client-secret-file"
+                    .to_string()
+            })?,
+        };
+        Ok(Credentials::ClientCredentials {
+            token_url,
+            client_id,
+            client_secret,
+        })
+    }
+
+    /// The connection and mount configuration these arguments describe.
+    pub fn into_configs(mut self) -> Result<(RemoteConfig, MountConfig), String> {
+        let source = self.source.clone();
+        let (system, root) = source.split_once(':').ok_or_else(|| {
+            format!("{source:?} is not SYSTEM:/remote/path (e.g. daint:/scratch/me)")
+        })?;
+        if system.is_empty() {
+            return Err(format!("no system name in {:?} (write SYSTEM:/path)", self.source));
+        }
+        let root = if root.is_empty() { "/" } else { root };
+        let mut mount = MountConfig::new(root, self.mountpoint.clone());
+        mount.foreground = self.foreground;
+        self.apply_options(&mut mount)?;
+        if let Some(v) = self.attr_ttl {
+            mount.cache.attr_ttl = secs(v, "--attr-ttl")?;
+        }
+        if let Some(v) = self.negative_ttl {
+            mount.cache.negative_ttl = secs(v, "--negative-ttl")?;
+        }
+        if let Some(v) = self.dir_ttl {
+            mount.cache.dir_ttl = secs(v, "--dir-ttl")?;
+        }
+        if let Some(d) = self.staging_dir.clone() {
+            mount.staging.dir = d;
+        }
+        if let Some(d) = self.cache_dir.clone() {
+            mount.cache.cache_dir = d;
+        }
+        if let Some(s) = &self.cache_max_size {
+            mount.cache.cache_max_size = parse_size(s)?;
+        }
+        mount.allow_other |= self.allow_other;
+        mount.validate()?;
+        let url = self
+            .url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or("no FirecREST URL: set FIRECREST_URL (or --url)")?;
+        let mut remote = RemoteConfig::new(url, system, self.credentials()?);
+        remote.api_version = match self.api_version.as_deref() {
+            None | Some("") | Some("auto") => None,
+            Some("v2") | Some("2") => Some(ApiVersion::V2),
+            Some("v1") | Some("1") => Some(ApiVersion::V1),
+            Some(other) => return Err(format!("--api-version must be v1 or v2, got {other:?}")),
+        };
+        remote.remote_timezone = self.remote_timezone.clone();
+        Ok((remote, mount))
+    }
+}
 
 /// Runs `f7tfs mount`.
-pub fn run(_args: MountArgs) -> Result<(), String> {
-    Err("mount is not built yet".into())
+pub fn run(args: MountArgs) -> Result<(), String> {
+    crate::logging::init();
+    let (remote, mount) = args.into_configs()?;
+    crate::mount::run(remote, mount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        m: MountArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<(RemoteConfig, MountConfig), String> {
+        let mut all = vec!["t"];
+        all.extend_from_slice(args);
+        T::try_parse_from(all).map_err(|e| e.to_string())?.m.into_configs()
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("1.5k").unwrap(), 1536);
+        assert_eq!(parse_size("42").unwrap(), 42);
+        assert!(parse_size("12X").is_err());
+    }
+
+    #[test]
+    fn options_and_flags() {
+        let (r, m) = parse(&[
+            "cluster:/scratch/me",
+            "/mnt/x",
+            "--url",
+            "http://h",
+            "--token-command",
+            "echo t",
+            "-o",
+            "attr_ttl=0,dir_ttl=1.5,allow_other,cache_max_size=1G",
+            "--negative-ttl",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(r.system, "cluster");
+        assert_eq!(m.remote_root, "/scratch/me");
+        assert_eq!(m.cache.attr_ttl, Duration::ZERO);
+        assert_eq!(m.cache.dir_ttl, Duration::from_millis(1500));
+        assert_eq!(m.cache.negative_ttl, Duration::from_secs(3));
+        assert_eq!(m.cache.cache_max_size, 1 << 30);
+        assert!(m.allow_other);
+        assert!(matches!(r.credentials, Credentials::TokenCommand(_)));
+    }
+
+    #[test]
+    fn bad_input_names_the_fix() {
+        let e = parse(&["noколон", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
+        assert!(e.contains("SYSTEM:/remote/path"), "{e}");
+        let e = parse(&["c:/p", "/mnt", "--url", "u", "--token-command", "x", "-o", "bogus"])
+            .unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse(&["c:rel", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+    }
 }

@@ -598,13 +598,18 @@ impl<R: RemoteFs> Filesystem<R> {
             }
             budget -= need;
             let item = if idx < 2 {
-                let attr = self.getattr(ino).await?.attr;
+                // The kernel skips `.` and `..` of readdirplus without counting a lookup.
+                let a = self.getattr(ino).await?;
                 DirItem {
-                    ino: attr.ino,
+                    ino: a.attr.ino,
                     offset: idx + 1,
                     kind: FileType::Directory,
                     name,
-                    entry: None,
+                    entry: Some(Entry {
+                        attr: a.attr,
+                        ttl: a.ttl,
+                        generation: 0,
+                    }),
                 }
             } else {
                 let e = &entries[(idx - 2) as usize];
