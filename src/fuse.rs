@@ -113,9 +113,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
                 Ok(Looked::Absent { ttl }) if !ttl.is_zero() => {
                     reply.entry(&ttl, &negative_attr(), 0)
                 }
-                Ok(Looked::Absent { .. }) => {
-                    reply.error(FsError::NotFound(String::new()).errno())
-                }
+                Ok(Looked::Absent { .. }) => reply.error(FsError::NotFound(String::new()).errno()),
                 Err(e) => reply.error(fail("lookup", e)),
             }
         });
@@ -296,7 +294,14 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         self.spawn("open", ino, |fs| async move {
             match fs.open(ino, flags).await {
-                Ok(o) => reply.opened(o.fh, if o.keep_cache { consts::FOPEN_KEEP_CACHE } else { 0 }),
+                Ok(o) => reply.opened(
+                    o.fh,
+                    if o.keep_cache {
+                        consts::FOPEN_KEEP_CACHE
+                    } else {
+                        0
+                    },
+                ),
                 Err(e) => reply.error(fail("open", e)),
             }
         });
@@ -342,7 +347,14 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
         self.spawn("flush", ino, |fs| async move {
             match fs.flush(fh).await {
                 Ok(()) => reply.ok(),
@@ -438,14 +450,23 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh);
         reply.ok();
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize);
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+        );
     }
 
     fn setxattr(
@@ -461,7 +482,14 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         reply.error(self.fs.xattr().err().map_or(0, |e| e.errno()));
     }
 
-    fn getxattr(&mut self, _req: &Request<'_>, _ino: u64, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(self.fs.xattr().err().map_or(0, |e| e.errno()));
     }
 
@@ -491,7 +519,13 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         let name = name.to_owned();
         self.spawn("create", parent, |fs| async move {
             match fs.create(parent, &name, mode, umask, flags).await {
-                Ok(c) => reply.created(&c.entry.ttl, &c.entry.attr, c.entry.generation, c.opened.fh, 0),
+                Ok(c) => reply.created(
+                    &c.entry.ttl,
+                    &c.entry.attr,
+                    c.entry.generation,
+                    c.opened.fh,
+                    0,
+                ),
                 Err(e) => reply.error(fail("create", e)),
             }
         });

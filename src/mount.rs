@@ -48,17 +48,20 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
         }
     }
     let user = client.user().clone();
-    let ids = IdMap {
-        remote_uid: user.user.id.parse().map_err(|_| {
-            format!("the server reported a non-numeric uid {:?}", user.user.id)
-        })?,
-        remote_gid: user.group.id.parse().map_err(|_| {
-            format!("the server reported a non-numeric gid {:?}", user.group.id)
-        })?,
-        // SAFETY: getuid/getgid have no preconditions and cannot fail.
-        local_uid: unsafe { libc::getuid() },
-        local_gid: unsafe { libc::getgid() },
-    };
+    let ids =
+        IdMap {
+            remote_uid: user
+                .user
+                .id
+                .parse()
+                .map_err(|_| format!("the server reported a non-numeric uid {:?}", user.user.id))?,
+            remote_gid: user.group.id.parse().map_err(|_| {
+                format!("the server reported a non-numeric gid {:?}", user.group.id)
+            })?,
+            // SAFETY: getuid/getgid have no preconditions and cannot fail.
+            local_uid: unsafe { libc::getuid() },
+            local_gid: unsafe { libc::getgid() },
+        };
     tracing::info!(
         system = %remote_cfg.system,
         root = %root,
@@ -72,7 +75,10 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
 
 fn check_mountpoint(mp: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(mp).map_err(|e| {
-        format!("mount point {} is not usable ({e}); create it with mkdir -p", mp.display())
+        format!(
+            "mount point {} is not usable ({e}); create it with mkdir -p",
+            mp.display()
+        )
     })?;
     if !meta.is_dir() {
         return Err(format!("mount point {} is not a directory", mp.display()));
@@ -89,19 +95,17 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
 
 fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
     match e {
-        RemoteError::Unauthorized(m) => format!(
-            "authentication failed: {m} (check FIRECREST_CLIENT_ID/FIRECREST_CLIENT_SECRET and \
-             AUTH_TOKEN_URL)"
-        ),
-        RemoteError::NotFound(m) => format!(
-            "system {:?} not found at {}: {m} (check the SYSTEM part of SYSTEM:/path)",
-            cfg.system, cfg.url
-        ),
+        // The client's own texts already name the fix (which variable to check).
+        RemoteError::Unauthorized(m) => format!("authentication failed: {m}"),
+        RemoteError::InvalidArgument(m) | RemoteError::Unsupported(m) => m,
         RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
             "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",
             cfg.url
         ),
-        other => format!("cannot connect to {} ({}): {other}", cfg.url, cfg.system),
+        other => format!(
+            "cannot connect to {} (system {}): {other}",
+            cfg.url, cfg.system
+        ),
     }
 }
 

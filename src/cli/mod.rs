@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount SYSTEM:/remote/path at MOUNTPOINT.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Serve the FirecREST v2 API over a local directory (for tests, demos and benchmarks).
     Serve(Box<serve::ServeArgs>),
 }
@@ -27,7 +27,7 @@ pub enum Command {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Mount(args) => mount::run(args),
+        Command::Mount(args) => mount::run(*args),
         Command::Serve(args) => serve::run(*args),
     };
     match result {

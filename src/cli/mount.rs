@@ -138,22 +138,30 @@ impl MountArgs {
             let missing = format!("-o {key} needs a value ({key}=...)");
             let need = |v: Option<&'a str>| v.ok_or(missing.clone());
             match key {
-                "attr_ttl" if self.attr_ttl.is_none() => mount.cache.attr_ttl = parse_secs(need(val)?, key)?,
+                "attr_ttl" if self.attr_ttl.is_none() => {
+                    mount.cache.attr_ttl = parse_secs(need(val)?, key)?
+                }
                 "negative_ttl" if self.negative_ttl.is_none() => {
                     mount.cache.negative_ttl = parse_secs(need(val)?, key)?
                 }
-                "dir_ttl" if self.dir_ttl.is_none() => mount.cache.dir_ttl = parse_secs(need(val)?, key)?,
+                "dir_ttl" if self.dir_ttl.is_none() => {
+                    mount.cache.dir_ttl = parse_secs(need(val)?, key)?
+                }
                 "staging_dir" if self.staging_dir.is_none() => {
                     mount.staging.dir = PathBuf::from(need(val)?)
                 }
-                "cache_dir" if self.cache_dir.is_none() => mount.cache.cache_dir = PathBuf::from(need(val)?),
+                "cache_dir" if self.cache_dir.is_none() => {
+                    mount.cache.cache_dir = PathBuf::from(need(val)?)
+                }
                 "cache_max_size" if self.cache_max_size.is_none() => {
                     mount.cache.cache_max_size = parse_size(need(val)?)?
                 }
                 "remote_timezone" if self.remote_timezone.is_none() => {
                     self.remote_timezone = Some(need(val)?.to_string())
                 }
-                "api_version" if self.api_version.is_none() => self.api_version = Some(need(val)?.to_string()),
+                "api_version" if self.api_version.is_none() => {
+                    self.api_version = Some(need(val)?.to_string())
+                }
                 "max_in_flight" => {
                     mount.max_in_flight_ops = need(val)?
                         .parse()
@@ -164,9 +172,22 @@ impl MountArgs {
                 "rw" => mount.read_only = false,
                 "attr_ttl" | "negative_ttl" | "dir_ttl" | "staging_dir" | "cache_dir"
                 | "cache_max_size" | "remote_timezone" | "api_version" => {}
-                "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "auto" | "noauto"
-                | "user" | "users" | "nofail" | "_netdev" | "default_permissions" | "atime"
-                | "noatime" | "relatime" => {}
+                "dev"
+                | "nodev"
+                | "suid"
+                | "nosuid"
+                | "exec"
+                | "noexec"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "users"
+                | "nofail"
+                | "_netdev"
+                | "default_permissions"
+                | "atime"
+                | "noatime"
+                | "relatime" => {}
                 other => {
                     return Err(format!(
                         "unknown mount option -o {other} (see f7tfs mount --help)"
@@ -195,8 +216,9 @@ impl MountArgs {
             .ok_or("no token endpoint: set AUTH_TOKEN_URL (or --token-url)")?;
         let client_secret = match &self.client_secret_file {
             Some(path) => {
-                let meta = std::fs::metadata(path)
-                    .map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?;
+                let meta = std::fs::metadata(path).map_err(|e| {
+                    format!("cannot read the client secret file {}: {e}", path.display())
+                })?;
                 if meta.permissions().mode() & 0o077 != 0 {
                     tracing::warn!(
                         "client secret file {} is readable by group or others; chmod 600 it",
@@ -204,7 +226,9 @@ impl MountArgs {
                     );
                 }
                 std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read the client secret file {}: {e}", path.display()))?
+                    .map_err(|e| {
+                        format!("cannot read the client secret file {}: {e}", path.display())
+                    })?
                     .trim()
                     .to_string()
             }
@@ -227,7 +251,10 @@ impl MountArgs {
             format!("{source:?} is not SYSTEM:/remote/path (e.g. daint:/scratch/me)")
         })?;
         if system.is_empty() {
-            return Err(format!("no system name in {:?} (write SYSTEM:/path)", self.source));
+            return Err(format!(
+                "no system name in {:?} (write SYSTEM:/path)",
+                self.source
+            ));
         }
         let root = if root.is_empty() { "/" } else { root };
         let mut mount = MountConfig::new(root, self.mountpoint.clone());
@@ -291,7 +318,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<(RemoteConfig, MountConfig), String> {
         let mut all = vec!["t"];
         all.extend_from_slice(args);
-        T::try_parse_from(all).map_err(|e| e.to_string())?.m.into_configs()
+        T::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .m
+            .into_configs()
     }
 
     #[test]
@@ -332,8 +362,17 @@ mod tests {
     fn bad_input_names_the_fix() {
         let e = parse(&["noколон", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("SYSTEM:/remote/path"), "{e}");
-        let e = parse(&["c:/p", "/mnt", "--url", "u", "--token-command", "x", "-o", "bogus"])
-            .unwrap_err();
+        let e = parse(&[
+            "c:/p",
+            "/mnt",
+            "--url",
+            "u",
+            "--token-command",
+            "x",
+            "-o",
+            "bogus",
+        ])
+        .unwrap_err();
         assert!(e.contains("bogus"), "{e}");
         let e = parse(&["c:rel", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("absolute"), "{e}");

@@ -1,4 +1,5 @@
 //! Shared test helpers. Each test binary includes this with `mod common;`.
 #![allow(dead_code)]
 
+pub mod mount;
 pub mod server;

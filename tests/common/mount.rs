@@ -1,0 +1,245 @@
+//! `MountedFs`: the real `f7tfs mount -f` binary mounted over a `TestServer`, unmounted in
+//! Drop (`fusermount3 -u`, falling back to `-uz`, then the daemon is killed if it lingers).
+//! A watchdog thread kills the daemon and lazily unmounts if a test hangs past its deadline
+//! (`F7TFS_TEST_DEADLINE` seconds, default 180), printing the tail of the daemon's log so
+//! the hanging op can be seen.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use f7tfs::server::ServeConfig;
+
+use super::server::TestServer;
+
+/// A live mount of a fresh `TestServer` root.
+pub struct MountedFs {
+    child: Option<Child>,
+    watchdog: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    mnt: tempfile::TempDir,
+    work: tempfile::TempDir,
+    log: PathBuf,
+    // Dropped last: the server outlives the mount.
+    server: TestServer,
+}
+
+/// Whether `mp` is a mount point now (from /proc/self/mountinfo).
+pub fn is_mounted(mp: &Path) -> bool {
+    f7tfs::mount::is_mounted(mp)
+}
+
+fn fusermount(args: &[&str], mp: &Path) -> bool {
+    Command::new("fusermount3")
+        .args(args)
+        .arg(mp)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl MountedFs {
+    /// Mounts a fresh server root with default options.
+    pub fn start() -> Self {
+        Self::start_with(&[], |_| {})
+    }
+
+    /// Mounts with extra `f7tfs mount` arguments and a server configuration tweak.
+    pub fn start_with(args: &[&str], server_cfg: impl FnOnce(&mut ServeConfig)) -> Self {
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: mounted tests need FUSE (modprobe fuse, or run in a container \
+             with --device /dev/fuse)"
+        );
+        let server = TestServer::with(server_cfg);
+        let mnt = tempfile::Builder::new()
+            .prefix("f7tfs-mnt-")
+            .tempdir()
+            .expect("mount point");
+        let work = tempfile::Builder::new()
+            .prefix("f7tfs-work-")
+            .tempdir()
+            .expect("work dir");
+        let log = work.path().join("daemon.log");
+        let source = format!("{}:{}", server.system(), server.root().display());
+        let child = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
+            .arg("mount")
+            .arg("-f")
+            .arg(&source)
+            .arg(mnt.path())
+            .arg("--staging-dir")
+            .arg(work.path().join("staging"))
+            .arg("--cache-dir")
+            .arg(work.path().join("cache"))
+            .args(args)
+            .env("FIRECREST_URL", server.url())
+            .env("FIRECREST_CLIENT_ID", "f7tfs")
+            .env("FIRECREST_CLIENT_SECRET", "f7tfs")
+            .env("AUTH_TOKEN_URL", server.token_url())
+            .env_remove("FIRECREST_TOKEN_COMMAND")
+            .env(
+                "F7TFS_LOG",
+                std::env::var("F7TFS_LOG").unwrap_or_else(|_| "info,f7tfs=debug".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(work.path().join("daemon.out")).expect("stdout file"))
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start f7tfs mount");
+        let mut me = MountedFs {
+            child: Some(child),
+            watchdog: None,
+            mnt,
+            work,
+            log,
+            server,
+        };
+        me.wait_live();
+        me.start_watchdog();
+        me
+    }
+
+    fn wait_live(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if is_mounted(self.mnt.path()) {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "f7tfs mount exited ({status}) before the mount was live:\n{}",
+                        tail(&self.log, 30)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("mount not live after 30 s:\n{}", tail(&self.log, 30));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn start_watchdog(&mut self) {
+        let secs: u64 = std::env::var("F7TFS_TEST_DEADLINE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180);
+        let pid = self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0);
+        let mp = self.mnt.path().to_path_buf();
+        let log = self.log.clone();
+        let (tx, rx) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_secs(secs))
+            {
+                eprintln!(
+                    "watchdog: test still running after {secs} s; killing the f7tfs daemon \
+                     (pid {pid}) and unmounting {}. Daemon log tail (last op spans show what \
+                     hung):\n{}",
+                    mp.display(),
+                    tail(&log, 40)
+                );
+                // SAFETY: plain kill(2) of our own child process.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+                fusermount(&["-u", "-z"], &mp);
+            }
+        });
+        self.watchdog = Some((tx, handle));
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.mnt.path()
+    }
+
+    /// `path()/rel`.
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.path().join(rel)
+    }
+
+    /// The local directory backing the server (the remote side, to change behind the mount).
+    pub fn remote_root(&self) -> &Path {
+        self.server.root()
+    }
+
+    /// `remote_root()/rel`.
+    pub fn remote(&self, rel: &str) -> PathBuf {
+        self.server.root().join(rel)
+    }
+
+    /// The server (stats, faults).
+    pub fn server(&self) -> &TestServer {
+        &self.server
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The staging directory of the mount.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.work.path().join("staging")
+    }
+
+    /// Unmounts and waits for the daemon; returns its exit status (None if it had to be
+    /// killed).
+    pub fn unmount(&mut self) -> Option<std::process::ExitStatus> {
+        let mp = self.mnt.path().to_path_buf();
+        if is_mounted(&mp) && !fusermount(&["-u"], &mp) {
+            // Busy (a test left a file open): lazy, so Drop never leaves a mount behind.
+            fusermount(&["-u", "-z"], &mp);
+        }
+        let mut status = None;
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => {
+                        status = Some(s);
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        eprintln!(
+                            "f7tfs daemon did not exit after unmount; killing it. Log tail:\n{}",
+                            tail(&self.log, 20)
+                        );
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if is_mounted(&mp) {
+            fusermount(&["-u", "-z"], &mp);
+        }
+        if let Some((tx, handle)) = self.watchdog.take() {
+            let _ = tx.send(());
+            let _ = handle.join();
+        }
+        status
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}

@@ -1,0 +1,234 @@
+//! First real mounts: the `f7tfs` binary mounted over `f7tfs serve`, driven with std::fs and
+//! shell tools; remote effects checked in the server's backing directory, call counts from
+//! the server's counters.
+
+mod common;
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::mount::{is_mounted, MountedFs};
+
+fn sh(dir: &std::path::Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn everyday_file_operations() {
+    let m = MountedFs::start();
+    // mkdir, write with shell tools, read back.
+    fs::create_dir(m.p("proj")).unwrap();
+    sh(m.path(), "echo 'hello mount' > proj/hello.txt");
+    assert_eq!(
+        fs::read_to_string(m.p("proj/hello.txt")).unwrap(),
+        "hello mount\n"
+    );
+    assert_eq!(
+        fs::read_to_string(m.remote("proj/hello.txt")).unwrap(),
+        "hello mount\n"
+    );
+    assert_eq!(sh(m.path(), "cat proj/hello.txt"), "hello mount\n");
+    let ls = sh(m.path(), "ls -l proj");
+    assert!(ls.contains("hello.txt") && ls.contains(" 12 "), "{ls}");
+
+    // rename
+    sh(m.path(), "mv proj/hello.txt proj/renamed.txt");
+    assert!(!m.remote("proj/hello.txt").exists());
+    assert_eq!(
+        fs::read_to_string(m.remote("proj/renamed.txt")).unwrap(),
+        "hello mount\n"
+    );
+
+    // rmdir of a non-empty directory: ENOTEMPTY, nothing removed.
+    let err = fs::remove_dir(m.p("proj")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTEMPTY));
+    assert!(m.remote("proj/renamed.txt").exists());
+
+    // rm, then rmdir works.
+    fs::remove_file(m.p("proj/renamed.txt")).unwrap();
+    assert!(!m.remote("proj/renamed.txt").exists());
+    fs::remove_dir(m.p("proj")).unwrap();
+    assert!(!m.remote("proj").exists());
+
+    // chmod +x and execute
+    fs::write(m.p("run.sh"), "#!/bin/sh\necho it-ran\n").unwrap();
+    sh(m.path(), "chmod +x run.sh");
+    assert_eq!(
+        fs::metadata(m.remote("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(sh(m.path(), "./run.sh"), "it-ran\n");
+
+    // symlink / readlink (relative target)
+    fs::write(m.p("target.txt"), "T").unwrap();
+    std::os::unix::fs::symlink("target.txt", m.p("link")).unwrap();
+    assert_eq!(
+        fs::read_link(m.p("link")).unwrap().to_str(),
+        Some("target.txt")
+    );
+    assert_eq!(
+        fs::read_link(m.remote("link")).unwrap().to_str(),
+        Some("target.txt")
+    );
+    assert_eq!(fs::read_to_string(m.p("link")).unwrap(), "T");
+
+    // empty file
+    sh(m.path(), "touch empty && : > empty2");
+    assert_eq!(fs::metadata(m.remote("empty")).unwrap().len(), 0);
+    assert_eq!(fs::metadata(m.remote("empty2")).unwrap().len(), 0);
+    assert_eq!(fs::metadata(m.p("empty")).unwrap().len(), 0);
+
+    // unicode and spaces
+    let name = "Grüße aus Zürich – 日本.txt";
+    fs::write(m.p(name), "u").unwrap();
+    assert_eq!(fs::read_to_string(m.remote(name)).unwrap(), "u");
+    let names: Vec<String> = fs::read_dir(m.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().any(|n| n == name), "{names:?}");
+
+    // hidden files, append
+    fs::write(m.p(".hidden"), "a").unwrap();
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.p(".hidden"))
+        .unwrap();
+    f.write_all(b"b").unwrap();
+    drop(f);
+    assert_eq!(fs::read_to_string(m.remote(".hidden")).unwrap(), "ab");
+
+    // a path that does not exist
+    let err = fs::metadata(m.p("no/such/file")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    // a name the API cannot carry
+    let err = fs::write(m.p("it's.txt"), "x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn remote_changes_show_after_the_ttl() {
+    let m = MountedFs::start_with(
+        &["--attr-ttl", "1", "--dir-ttl", "1", "--negative-ttl", "1"],
+        |_| {},
+    );
+    fs::write(m.remote("job.out"), "step 1\n").unwrap();
+    assert_eq!(fs::read_to_string(m.p("job.out")).unwrap(), "step 1\n");
+    // A job appends on the remote side.
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.remote("job.out"))
+        .unwrap();
+    f.write_all(b"step 2\n").unwrap();
+    drop(f);
+    // Push the mtime forward so the change is visible even within the same second.
+    let later = SystemTime::now() + Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(m.remote("job.out"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    fs::write(m.remote("new-on-remote"), "n").unwrap();
+    std::thread::sleep(Duration::from_millis(1600));
+    let mut s = String::new();
+    fs::File::open(m.p("job.out"))
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "step 1\nstep 2\n");
+    assert_eq!(fs::read_to_string(m.p("new-on-remote")).unwrap(), "n");
+    // ls and stat agree on the time.
+    let st = fs::metadata(m.p("job.out")).unwrap();
+    let secs = st
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let remote_secs = fs::metadata(m.remote("job.out"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(secs, remote_secs);
+}
+
+#[test]
+fn ls_l_find_du_of_2000_files_cost_one_listing() {
+    let m = MountedFs::start();
+    fs::create_dir(m.remote("many")).unwrap();
+    for i in 0..2000 {
+        fs::write(m.remote(&format!("many/file-{i:04}.dat")), b"0123456789").unwrap();
+    }
+    // The directory itself (and the mount root) are looked up once; then only the listing.
+    sh(m.path(), "stat many > /dev/null");
+    m.server().reset_stats();
+    let out = sh(m.path(), "ls -l many | wc -l");
+    assert_eq!(out.trim(), "2001");
+    let stats = m.server().stats();
+    assert_eq!(stats.calls("GET ops/ls"), 1, "{stats:?}");
+    assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
+    let found = sh(m.path(), "find many -type f | wc -l");
+    assert_eq!(found.trim(), "2000");
+    sh(m.path(), "du -s many");
+    let stats = m.server().stats();
+    assert!(stats.calls("GET ops/ls") <= 2, "{stats:?}");
+    assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
+}
+
+#[test]
+fn unmount_is_clean_and_data_is_on_the_remote() {
+    let mut m = MountedFs::start();
+    fs::write(m.p("last.txt"), "before unmount").unwrap();
+    let status = m.unmount().expect("daemon exits by itself");
+    assert!(status.success(), "{status:?}\n{}", m.log());
+    assert!(!is_mounted(m.path()));
+    assert_eq!(
+        fs::read_to_string(m.remote("last.txt")).unwrap(),
+        "before unmount"
+    );
+}
+
+#[test]
+fn sigterm_unmounts_and_exits_zero() {
+    let mut m = MountedFs::start();
+    fs::write(m.p("f"), "x").unwrap();
+    let out = Command::new("pkill")
+        .arg("-TERM")
+        .arg("-f")
+        .arg(format!("mount -f .* {}$", m.path().display()))
+        .status();
+    // pkill is not everywhere; fall back to fusermount in unmount() otherwise.
+    if out.is_ok_and(|s| s.success()) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while is_mounted(m.path()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!is_mounted(m.path()), "{}", m.log());
+    }
+    let status = m.unmount().expect("daemon exits");
+    assert!(status.success(), "{status:?}\n{}", m.log());
+}
