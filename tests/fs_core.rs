@@ -915,3 +915,108 @@ async fn mkdir_symlink_readlink() {
     assert_eq!(l.attr.kind, fuser::FileType::Symlink);
     assert_eq!(h.fs.readlink(l.attr.ino).await.unwrap(), "/etc/hosts");
 }
+
+#[tokio::test]
+async fn new_files_after_the_first_need_no_stat() {
+    let h = harness();
+    write_new(&h, ROOT_INO, "first", b"1").await;
+    assert_eq!(r(&h).calls("stat"), 1, "learns the remote's default mode");
+    r(&h).reset_calls();
+    for i in 0..10 {
+        write_new(&h, ROOT_INO, &format!("n{i}"), b"data").await;
+    }
+    assert_eq!(r(&h).calls("upload"), 10);
+    assert_eq!(r(&h).total_calls(), 10, "one upload per file");
+    // A different mode still gets checked and fixed.
+    let c =
+        h.fs.create(ROOT_INO, os("exe"), 0o100755, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"x").await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).get(&path("exe")).unwrap().perm, 0o755);
+}
+
+#[tokio::test]
+async fn flush_without_writes_defers_truncation_to_release() {
+    let h = harness();
+    r(&h).put_file(&path("f"), b"old content", SystemTime::now());
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    // `echo x > f`: open(O_TRUNC), dup2 + close of the first descriptor (flush), write, close.
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap();
+    h.fs.flush(o.fh).await.unwrap();
+    assert_eq!(
+        r(&h).content(&path("f")).unwrap(),
+        b"old content",
+        "no empty upload"
+    );
+    h.fs.write(o.fh, 0, b"x\n").await.unwrap();
+    h.fs.flush(o.fh).await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("f")).unwrap(), b"x\n");
+    assert_eq!(r(&h).calls("upload") + r(&h).calls("put_archive"), 1);
+    // `: > f` (truncate only): sent at release.
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap();
+    h.fs.flush(o.fh).await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("f")).unwrap(), b"");
+    // A new file is on the remote when close (flush) returns, even without writes.
+    let c =
+        h.fs.create(ROOT_INO, os("touched"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.flush(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("touched")).unwrap(), b"");
+    h.fs.release(c.opened.fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_archive_route_falls_back_to_plain_calls() {
+    let h = harness();
+    r(&h).fail_always(
+        "put_archive",
+        RemoteError::InvalidArgument("no tar here".into()),
+    );
+    // Empty file: the empty upload (which times out on v2) confirmed by stat.
+    write_new(&h, ROOT_INO, "empty", b"").await;
+    assert_eq!(r(&h).content(&path("empty")).unwrap(), b"");
+    // Small-file rename: the remote rename instead.
+    r(&h).put_file(&path("a"), b"A", t(1_600_000_000));
+    h.fs.rename(ROOT_INO, os("a"), ROOT_INO, os("b"), 0)
+        .await
+        .unwrap();
+    assert_eq!(r(&h).content(&path("b")).unwrap(), b"A");
+    assert_eq!(r(&h).calls("rename"), 1);
+    // utimens: accepted, kept for the session.
+    let ino = found(&h, ROOT_INO, "b").await.attr.ino;
+    let a =
+        h.fs.setattr(
+            ino,
+            SetAttr {
+                mtime: Some(TimeOrNow::SpecificTime(t(1_000_000_000))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.attr.mtime, t(1_000_000_000));
+    // Transient failures are not papered over: close reports them.
+    r(&h).fail_always("put_archive", RemoteError::Unavailable("down".into()));
+    let c =
+        h.fs.create(ROOT_INO, os("e2"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    assert_eq!(
+        h.fs.flush(c.opened.fh).await.unwrap_err().errno(),
+        libc::EIO
+    );
+    r(&h).clear_faults();
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("e2")).unwrap(), b"");
+}

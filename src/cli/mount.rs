@@ -22,7 +22,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// rw, rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
     /// accepted and ignored).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -50,6 +50,12 @@ pub struct MountArgs {
     /// Let other local users access the mount.
     #[arg(long)]
     pub allow_other: bool,
+    /// Client-side request rate limit in requests per minute (0 = unlimited).
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Concurrent HTTP requests at most.
+    #[arg(long)]
+    pub max_requests: Option<usize>,
     /// FirecREST API version (only v2 is implemented).
     #[arg(long)]
     pub api_version: Option<String>,
@@ -162,6 +168,21 @@ impl MountArgs {
                 "api_version" if self.api_version.is_none() => {
                     self.api_version = Some(need(val)?.to_string())
                 }
+                "rate_limit" if self.rate_limit.is_none() => {
+                    self.rate_limit = Some(
+                        need(val)?
+                            .parse()
+                            .map_err(|_| "rate_limit must be requests per minute".to_string())?,
+                    )
+                }
+                "max_requests" if self.max_requests.is_none() => {
+                    self.max_requests = Some(
+                        need(val)?
+                            .parse()
+                            .map_err(|_| "max_requests must be a number".to_string())?,
+                    )
+                }
+                "rate_limit" | "max_requests" => {}
                 "max_in_flight" => {
                     mount.max_in_flight_ops = need(val)?
                         .parse()
@@ -293,6 +314,15 @@ impl MountArgs {
             Some(other) => return Err(format!("--api-version must be v1 or v2, got {other:?}")),
         };
         remote.remote_timezone = self.remote_timezone.clone();
+        if let Some(r) = self.rate_limit {
+            remote.rate_per_minute = r;
+        }
+        if let Some(n) = self.max_requests {
+            if n == 0 {
+                return Err("--max-requests must be at least 1".into());
+            }
+            remote.max_concurrent_requests = n;
+        }
         Ok((remote, mount))
     }
 }

@@ -17,6 +17,7 @@
 //! flush/fsync/release and close waits for it (close-to-open). On failure the staged copy
 //! and its manifest stay, the path is logged and the error goes to close()/fsync().
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,6 +55,20 @@ pub struct SetAttr {
     pub atime: Option<TimeOrNow>,
     pub mtime: Option<TimeOrNow>,
     pub fh: Option<u64>,
+}
+
+/// Whether the archive route was refused in a way a plain call may work around (not a
+/// transient failure, not quota or permissions).
+pub(super) fn archive_refused(e: &FsError) -> bool {
+    matches!(
+        e,
+        FsError::Remote(
+            crate::remote::RemoteError::InvalidArgument(_)
+                | crate::remote::RemoteError::Unsupported(_)
+                | crate::remote::RemoteError::Protocol(_)
+                | crate::remote::RemoteError::TooLarge(_)
+        )
+    )
 }
 
 fn to_time(t: TimeOrNow) -> SystemTime {
@@ -241,7 +256,7 @@ impl<R: RemoteFs> Filesystem<R> {
             first
         };
         if first {
-            sf.write_manifest(StagedState::Dirty, "", None)?;
+            sf.write_manifest(StagedState::Dirty, "", None, false)?;
         }
         self.opened_versions.lock().remove(&file.ino);
         Ok(())
@@ -251,6 +266,7 @@ impl<R: RemoteFs> Filesystem<R> {
     /// O_TRUNC).
     pub async fn open(&self, ino: InodeNo, flags: i32) -> FsResult<Opened> {
         let path = self.path_of(ino)?;
+        tracing::debug!(%path, flags = format_args!("{flags:#o}"), "open");
         let stat = self.revalidate(&path).await?;
         match stat.kind {
             FileKind::Dir => return Err(FsError::IsADirectory(path.to_string())),
@@ -285,6 +301,7 @@ impl<R: RemoteFs> Filesystem<R> {
             file,
             write,
             append: flags & libc::O_APPEND != 0,
+            wrote: AtomicBool::new(false),
             version,
             small: tokio::sync::Mutex::new(None),
             reader: tokio::sync::Mutex::new(None),
@@ -342,6 +359,7 @@ impl<R: RemoteFs> Filesystem<R> {
             file,
             write: true,
             append: flags & libc::O_APPEND != 0,
+            wrote: AtomicBool::new(false),
             version: (0, stat.mtime),
             small: tokio::sync::Mutex::new(None),
             reader: tokio::sync::Mutex::new(None),
@@ -468,38 +486,46 @@ impl<R: RemoteFs> Filesystem<R> {
             .ok_or_else(|| FsError::BadAccess("no staged copy".into()))?;
         let at = if h.append { sf.len()? } else { offset };
         sf.write_at(at, data)?;
+        h.wrote.store(true, Ordering::Relaxed);
         let len = sf.len()?;
         self.mark_dirty(&h.file, sf, len)?;
         h.file.meta.lock().pending_mtime = None;
         Ok(data.len() as u32)
     }
 
-    /// `flush` (every close): uploads the file when dirty, close gets the error.
+    /// `flush` (every close of a descriptor): uploads the file when dirty and this handle
+    /// wrote to it, so close() gets the upload's error. A handle that only truncated an
+    /// existing file leaves the upload to `release` (shells `dup2` and close the first
+    /// descriptor of `echo x > f` before writing: uploading there would first send an empty
+    /// file). A new file is always sent, so `touch f` is on the remote when close returns.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        self.upload(&h.file).await
+        if !h.wrote.load(Ordering::Relaxed) && !h.file.meta.lock().new {
+            return Ok(());
+        }
+        self.upload(&h.file, false).await
     }
 
-    /// `fsync`: uploads when dirty; else just syncs the staged copy.
+    /// `fsync`: the staged data is made durable on local disk, then uploaded; returns once
+    /// the remote confirmed (a clean file is already on the remote).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        self.upload(&h.file).await?;
-        if let Some(sf) = h.file.staged.lock().await.as_ref() {
-            sf.sync()?;
-        }
-        Ok(())
+        self.upload(&h.file, true).await
     }
 
     /// `release`: uploads when still dirty, then drops the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
-        let result = self.upload(&h.file).await;
+        let result = self.upload(&h.file, false).await;
         self.release_file(&h.file).await;
         result
     }
 
     /// Sends the staged copy of `file` if it holds changes; waits for the remote's answer.
-    pub(super) async fn upload(&self, file: &OpenFile) -> FsResult<()> {
+    /// `durable`: fsync data and manifest before sending (the `fsync` op). Otherwise the
+    /// page cache holds them, which survives a crash of the daemon; a failed upload always
+    /// makes them durable before it returns.
+    pub(super) async fn upload(&self, file: &OpenFile, durable: bool) -> FsResult<()> {
         let staged = file.staged.lock().await;
         let Some(sf) = staged.as_ref() else {
             return Ok(());
@@ -508,9 +534,10 @@ impl<R: RemoteFs> Filesystem<R> {
         if !m.dirty || m.unlinked {
             return Ok(());
         }
-        sf.sync()?;
-        let sha = sf.sha256()?;
-        sf.write_manifest(StagedState::Uploading, &sha, None)?;
+        if durable {
+            sf.sync()?;
+        }
+        sf.write_manifest(StagedState::Uploading, "", None, durable)?;
         let size = sf.len()?;
         let span = tracing::info_span!("upload", path = %m.path, size);
         match self.send(&m, sf, size).instrument(span).await {
@@ -536,7 +563,9 @@ impl<R: RemoteFs> Filesystem<R> {
                 Ok(())
             }
             Err(e) => {
-                let _ = sf.write_manifest(StagedState::Failed, &sha, Some(e.to_string()));
+                let _ = sf.sync();
+                let sha = sf.sha256().unwrap_or_default();
+                let _ = sf.write_manifest(StagedState::Failed, &sha, Some(e.to_string()), true);
                 tracing::error!(
                     remote = %m.path,
                     staged = %sf.data_path().display(),
@@ -555,37 +584,77 @@ impl<R: RemoteFs> Filesystem<R> {
         if size == 0 || (m.pending_mtime.is_some() && self.archive_fits(size)) {
             let mtime = whole_seconds(m.pending_mtime.unwrap_or_else(SystemTime::now));
             let data = Bytes::from(sf.read_all()?);
-            let dir = m
-                .path
-                .parent()
-                .ok_or_else(|| FsError::InvalidArgument("cannot write the root".into()))?;
-            self.remote
-                .put_archive(
-                    &dir,
-                    vec![ArchiveMember {
-                        name: m.path.file_name().to_string(),
-                        kind: ArchiveMemberKind::File(data),
-                        perm,
-                        mtime,
-                    }],
-                )
-                .await?;
-            let mut stat = self.own_stat(FileKind::File, perm, size, mtime);
-            if !m.new {
-                stat.uid = m.base.uid;
-                stat.gid = m.base.gid;
+            match self.put_file_archive(&m.path, data, perm, mtime).await {
+                Ok(()) => {
+                    let mut stat = self.own_stat(FileKind::File, perm, size, mtime);
+                    if !m.new {
+                        stat.uid = m.base.uid;
+                        stat.gid = m.base.gid;
+                    }
+                    return Ok(stat);
+                }
+                Err(e) if archive_refused(&e) => {
+                    tracing::warn!(
+                        path = %m.path,
+                        "archive route refused ({e}); sending a plain upload instead (its mtime \
+                         is kept for this session only)"
+                    );
+                }
+                Err(e) => return Err(e),
             }
-            return Ok(stat);
+            if size == 0 {
+                // v2 creates the file, then times out on an empty upload: confirm by stat.
+                match self.remote.upload(&m.path, Bytes::new()).await {
+                    Ok(()) | Err(crate::remote::RemoteError::Timeout(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let mut stat = self.remote.stat(&m.path).await?;
+                if stat.size != 0 {
+                    return Err(FsError::LocalIo(format!(
+                        "empty upload of {} left {} bytes",
+                        m.path, stat.size
+                    )));
+                }
+                if stat.perm != perm {
+                    stat = self.remote.chmod(&m.path, perm).await?;
+                }
+                if let Some(t) = m.pending_mtime {
+                    stat.mtime = whole_seconds(t);
+                }
+                return Ok(stat);
+            }
         }
         if size <= caps.direct_upload_limit {
             let data = Bytes::from(sf.read_all()?);
             self.remote.upload(&m.path, data).await?;
+            // What the remote now holds is known without a `stat` when the mode is: an
+            // existing file keeps its mode; a new one gets the remote's default, learnt from
+            // the first new file's `stat`. The mtime is our clock's (the remote's shows after
+            // the attribute TTL).
+            let known_perm = if m.new {
+                *self.new_file_perm.lock()
+            } else {
+                Some(m.base.perm)
+            };
+            let want = m.pending_mode.unwrap_or(m.base.perm);
+            if known_perm == Some(want) {
+                let mtime = m.pending_mtime.unwrap_or_else(SystemTime::now);
+                let mut stat = self.own_stat(FileKind::File, want, size, mtime);
+                if !m.new {
+                    stat.uid = m.base.uid;
+                    stat.gid = m.base.gid;
+                }
+                return Ok(stat);
+            }
         } else {
             self.remote
                 .upload_large(&m.path, sf.data_path(), size, None)
                 .await?;
         }
         let mut stat = self.remote.stat(&m.path).await?;
+        if m.new {
+            *self.new_file_perm.lock() = Some(stat.perm);
+        }
         if let Some(want) = m.pending_mode {
             if stat.perm != want {
                 stat = self.remote.chmod(&m.path, want).await?;
@@ -598,13 +667,42 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(stat)
     }
 
+    /// One file through the archive route, in its parent directory.
+    pub(super) async fn put_file_archive(
+        &self,
+        path: &RemotePath,
+        data: Bytes,
+        perm: u32,
+        mtime: SystemTime,
+    ) -> FsResult<()> {
+        let dir = path
+            .parent()
+            .ok_or_else(|| FsError::InvalidArgument("cannot write the root".into()))?;
+        self.remote
+            .put_archive(
+                &dir,
+                vec![ArchiveMember {
+                    name: path.file_name().to_string(),
+                    kind: ArchiveMemberKind::File(data),
+                    perm,
+                    mtime,
+                }],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// `setattr`: mode → chmod, uid/gid → chown (both), size → truncate through staging,
     /// times → pending on dirty files, else the archive route (small) or session-only (large).
     pub async fn setattr(&self, ino: InodeNo, req: SetAttr) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
+        tracing::debug!(%path, ?req, "setattr");
         let file = self.files.lock().get(&ino).cloned();
         let current = self.resolve(&path).await?.stat;
         if let Some(size) = req.size {
+            if let Some(h) = req.fh.and_then(|fh| self.handles.file(fh)) {
+                h.wrote.store(true, Ordering::Relaxed);
+            }
             if current.kind == FileKind::Dir {
                 return Err(FsError::IsADirectory(path.to_string()));
             }
@@ -658,7 +756,7 @@ impl<R: RemoteFs> Filesystem<R> {
         .await;
         if internal {
             let uploaded = match result {
-                Ok(()) => self.upload(&file).await,
+                Ok(()) => self.upload(&file, false).await,
                 Err(e) => Err(e),
             };
             self.release_file(&file).await;
@@ -678,7 +776,6 @@ impl<R: RemoteFs> Filesystem<R> {
     ) -> FsResult<()> {
         let mode = mode.map(|m| m & 0o7777);
         let mtime_changes = mtime.is_some_and(|t| t != whole_seconds(current.mtime));
-        let mode_changes = mode.is_some_and(|m| m != current.perm);
         if mtime_changes
             && current.kind == FileKind::File
             && self.is_small(current.size)
@@ -687,21 +784,20 @@ impl<R: RemoteFs> Filesystem<R> {
             let t = mtime.unwrap_or(current.mtime);
             let perm = mode.unwrap_or(current.perm);
             let data = self.content_for_copy(path, current, file).await?;
-            let dir = path
-                .parent()
-                .ok_or_else(|| FsError::InvalidArgument("cannot change the root".into()))?;
             let size = data.len() as u64;
-            self.remote
-                .put_archive(
-                    &dir,
-                    vec![ArchiveMember {
-                        name: path.file_name().to_string(),
-                        kind: ArchiveMemberKind::File(data.clone()),
-                        perm,
-                        mtime: t,
-                    }],
-                )
-                .await?;
+            match self.put_file_archive(path, data.clone(), perm, t).await {
+                Ok(()) => {}
+                Err(e) if archive_refused(&e) => {
+                    tracing::warn!(
+                        %path,
+                        "archive route refused ({e}); the new mtime is kept for this session only"
+                    );
+                    return self
+                        .apply_meta_plain(path, current, file, mode, mtime)
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
             let mut stat = current.clone();
             stat.perm = perm;
             stat.mtime = t;
@@ -713,6 +809,22 @@ impl<R: RemoteFs> Filesystem<R> {
             }
             return Ok(());
         }
+        self.apply_meta_plain(path, current, file, mode, mtime)
+            .await
+    }
+
+    /// chmod through the API; an mtime kept for this session only.
+    async fn apply_meta_plain(
+        &self,
+        path: &RemotePath,
+        current: &Stat,
+        file: Option<&Arc<OpenFile>>,
+        mode: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<()> {
+        let mode = mode.map(|m| m & 0o7777);
+        let mtime_changes = mtime.is_some_and(|t| t != whole_seconds(current.mtime));
+        let mode_changes = mode.is_some_and(|m| m != current.perm);
         let mut stat = current.clone();
         if mode_changes {
             if let Some(m) = mode {
@@ -766,7 +878,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         if let Some(f) = file {
             if f.meta.lock().new {
-                self.upload(f).await?;
+                self.upload(f, false).await?;
             }
         }
         let stat = self.remote.chown(path, ruid, rgid).await?;

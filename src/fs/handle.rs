@@ -101,6 +101,8 @@ pub struct Handle {
     pub write: bool,
     /// Opened with O_APPEND.
     pub append: bool,
+    /// Data was written (or the file truncated) through this handle.
+    pub wrote: std::sync::atomic::AtomicBool,
     /// (size, mtime) the file had when opened, for clean reads.
     pub version: (u64, SystemTime),
     /// Whole content of a small file, fetched on first read.

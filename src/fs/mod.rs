@@ -130,6 +130,8 @@ pub struct Filesystem<R: RemoteFs> {
     misses: Mutex<HashMap<RemotePath, u32>>,
     staged_objects: Mutex<HashMap<(RemotePath, u64, SystemTime), crate::remote::StagedObject>>,
     opened_versions: Mutex<HashMap<InodeNo, (u64, SystemTime)>>,
+    /// Mode the remote gives a new file (learnt from the first upload's `stat`).
+    new_file_perm: Mutex<Option<u32>>,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
 }
@@ -200,6 +202,7 @@ impl<R: RemoteFs> Filesystem<R> {
             misses: Mutex::new(HashMap::new()),
             staged_objects: Mutex::new(HashMap::new()),
             opened_versions: Mutex::new(HashMap::new()),
+            new_file_perm: Mutex::new(None),
             statfs: StatFs {
                 blocks: config.statfs_total_bytes / bsize,
                 bfree: config.statfs_free_bytes / bsize,
@@ -802,7 +805,7 @@ impl<R: RemoteFs> Filesystem<R> {
             if !dirty {
                 continue;
             }
-            let result = tokio::time::timeout(wait, self.upload(&f)).await;
+            let result = tokio::time::timeout(wait, self.upload(&f, true)).await;
             let cause = match result {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e.to_string(),

@@ -17,13 +17,12 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
+use super::file::archive_refused;
 use super::handle::OpenFile;
 use super::{Filesystem, InodeNo};
 use crate::cache::rebase;
 use crate::error::{FsError, FsResult};
-use crate::remote::{
-    ArchiveMember, ArchiveMemberKind, FileKind, RemoteError, RemoteFs, RemotePath, Stat,
-};
+use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath, Stat};
 
 /// Characters the v2 transfer-job templates mangle (API.md section 3).
 const JOB_UNSAFE: [char; 4] = ['&', '<', '>', '"'];
@@ -83,17 +82,19 @@ impl<R: RemoteFs> Filesystem<R> {
             self.rename_symlink(&from, &to, &src.stat, src.link_target, dst.as_ref())
                 .await?
         } else if src.stat.kind == FileKind::File && self.is_small_copy(src.stat.size) {
-            self.rename_copy(&from, &to, &src.stat, local.as_ref(), dst.as_ref())
+            match self
+                .rename_copy(&from, &to, &src.stat, local.as_ref(), dst.as_ref())
                 .await?
-        } else {
-            if from.as_str().contains(JOB_UNSAFE) || to.as_str().contains(JOB_UNSAFE) {
-                return Err(FsError::InvalidName(format!(
-                    "renaming {from} to {to} needs a transfer job, which mangles & < > \""
-                )));
+            {
+                Some(stat) => stat,
+                None => {
+                    self.rename_remote(&from, &to, &src.stat, dst.as_ref())
+                        .await?
+                }
             }
-            self.remove_blocking_target(&to, dst.as_ref()).await?;
-            self.remote.rename(&from, &to).await?;
-            src.stat.clone()
+        } else {
+            self.rename_remote(&from, &to, &src.stat, dst.as_ref())
+                .await?
         };
         self.finish_rename(&from, &to, new_stat);
         Ok(())
@@ -177,28 +178,43 @@ impl<R: RemoteFs> Filesystem<R> {
         stat: &Stat,
         local: Option<&Arc<OpenFile>>,
         dst: Option<&Stat>,
-    ) -> FsResult<Stat> {
+    ) -> FsResult<Option<Stat>> {
         let data = self.content_for_copy(from, stat, local).await?;
         self.remove_blocking_target(to, dst).await?;
-        let dir = to
-            .parent()
-            .ok_or_else(|| FsError::InvalidArgument("cannot rename onto the root".into()))?;
-        self.remote
-            .put_archive(
-                &dir,
-                vec![ArchiveMember {
-                    name: to.file_name().to_string(),
-                    kind: ArchiveMemberKind::File(data.clone()),
-                    perm: stat.perm,
-                    mtime: stat.mtime,
-                }],
-            )
-            .await?;
+        match self
+            .put_file_archive(to, data.clone(), stat.perm, stat.mtime)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if archive_refused(&e) => {
+                tracing::warn!(%from, %to, "archive route refused ({e}); moving with the remote rename");
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
         self.remote.remove(from).await?;
         let mut new = stat.clone();
         new.size = data.len() as u64;
         let _ = self.content.put(to, new.size, new.mtime, &data);
-        Ok(new)
+        Ok(Some(new))
+    }
+
+    /// Route (d): the remote `rename` (a transfer job on v2, verified by the client).
+    async fn rename_remote(
+        &self,
+        from: &RemotePath,
+        to: &RemotePath,
+        stat: &Stat,
+        dst: Option<&Stat>,
+    ) -> FsResult<Stat> {
+        if from.as_str().contains(JOB_UNSAFE) || to.as_str().contains(JOB_UNSAFE) {
+            return Err(FsError::InvalidName(format!(
+                "renaming {from} to {to} needs a transfer job, which mangles & < > \""
+            )));
+        }
+        self.remove_blocking_target(to, dst).await?;
+        self.remote.rename(from, to).await?;
+        Ok(stat.clone())
     }
 
     /// Moves caches, inodes and open files from `from` to `to`.

@@ -219,12 +219,13 @@ impl StagedFile {
         Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
     }
 
-    /// Writes (atomically replaces) the manifest.
+    /// Writes (atomically replaces) the manifest; `durable` also fsyncs it.
     pub fn write_manifest(
         &self,
         state: StagedState,
         sha256: &str,
         cause: Option<String>,
+        durable: bool,
     ) -> std::io::Result<()> {
         let manifest = Manifest {
             remote_path: self.remote.as_str().to_string(),
@@ -240,8 +241,21 @@ impl StagedFile {
         let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
         let tmp = self.manifest_path.with_extension("json.tmp");
         fs::write(&tmp, text)?;
-        File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, &self.manifest_path)
+        if durable {
+            File::open(&tmp)?.sync_all()?;
+        }
+        fs::rename(&tmp, &self.manifest_path)?;
+        if durable {
+            File::open(&self.dir_of_manifest())?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn dir_of_manifest(&self) -> PathBuf {
+        self.manifest_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 
     /// The remote confirmed the data: the manifest goes, the data stays as a clean copy.
@@ -270,7 +284,7 @@ mod tests {
         let dirty = area.create(&RemotePath::new("/a").unwrap()).unwrap();
         dirty.write_at(0, b"hello").unwrap();
         dirty
-            .write_manifest(StagedState::Failed, "", Some("EIO".into()))
+            .write_manifest(StagedState::Failed, "", Some("EIO".into()), true)
             .unwrap();
         let clean = area.create(&RemotePath::new("/b").unwrap()).unwrap();
         clean.write_at(3, b"x").unwrap();
@@ -292,7 +306,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let area = StagingArea::new(dir.path()).unwrap();
         let f = area.create(&RemotePath::new("/a").unwrap()).unwrap();
-        f.write_manifest(StagedState::Dirty, "", None).unwrap();
+        f.write_manifest(StagedState::Dirty, "", None, false)
+            .unwrap();
         let (d, m) = (f.data_path().to_path_buf(), f.manifest_path().to_path_buf());
         f.discard().unwrap();
         assert!(!d.exists() && !m.exists());
