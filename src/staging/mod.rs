@@ -246,7 +246,7 @@ impl StagedFile {
         }
         fs::rename(&tmp, &self.manifest_path)?;
         if durable {
-            File::open(&self.dir_of_manifest())?.sync_all()?;
+            File::open(self.dir_of_manifest())?.sync_all()?;
         }
         Ok(())
     }
