@@ -1020,3 +1020,91 @@ async fn a_refused_archive_route_falls_back_to_plain_calls() {
     h.fs.release(c.opened.fh).await.unwrap();
     assert_eq!(r(&h).content(&path("e2")).unwrap(), b"");
 }
+
+#[tokio::test]
+async fn delayed_writeback_turns_an_rsync_sequence_into_one_archive() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(1);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    // rsync: temp file 0600, write, close, utimens, chmod, rename over the final name.
+    let c =
+        h.fs.create(
+            ROOT_INO,
+            os(".f.XyZ"),
+            0o100600,
+            0o022,
+            libc::O_WRONLY | libc::O_EXCL,
+        )
+        .await
+        .unwrap();
+    let ino = c.entry.attr.ino;
+    h.fs.write(c.opened.fh, 0, b"synced").await.unwrap();
+    h.fs.flush(c.opened.fh).await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(TimeOrNow::SpecificTime(t(1_111_111_111))),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o644),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.rename(ROOT_INO, os(".f.XyZ"), ROOT_INO, os("f"), 0)
+        .await
+        .unwrap();
+    // Other openers in the mount see it already (close-to-open inside the mount).
+    assert_eq!(read_all(&h, ino).await, b"synced");
+    let sent = |h: &H| {
+        ["upload", "put_archive", "chmod", "remove", "rename"]
+            .iter()
+            .map(|m| r(h).calls(m))
+            .sum::<u64>()
+    };
+    assert_eq!(sent(&h), 0, "nothing sent yet");
+    h.fs.writeback_tick().await;
+    assert_eq!(h.fs.writeback_pending(), 1, "not due yet");
+    h.clock.advance(Duration::from_millis(1100));
+    h.fs.writeback_tick().await;
+    assert_eq!(h.fs.writeback_pending(), 0);
+    assert_eq!(r(&h).calls("put_archive"), 1);
+    assert_eq!(sent(&h), 1, "one archive upload, nothing else");
+    let n = r(&h).get(&path("f")).unwrap();
+    assert_eq!(
+        (n.content.as_ref(), n.perm, n.mtime),
+        (&b"synced"[..], 0o644, t(1_111_111_111))
+    );
+    assert!(r(&h).get(&path(".f.XyZ")).is_none());
+    let left: Vec<_> = std::fs::read_dir(h.dirs.path().join("staging"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "staged copy dropped after the upload");
+    // fsync never waits for the delay.
+    let c =
+        h.fs.create(ROOT_INO, os("g"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"now").await.unwrap();
+    h.fs.fsync(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("g")).unwrap(), b"now");
+    h.fs.release(c.opened.fh).await.unwrap();
+    // Unmount sends what is still queued.
+    write_new(&h, ROOT_INO, "late", b"L").await;
+    assert!(r(&h).get(&path("late")).is_none());
+    assert!(h.fs.shutdown(Duration::from_secs(5)).await.is_empty());
+    assert_eq!(r(&h).content(&path("late")).unwrap(), b"L");
+}

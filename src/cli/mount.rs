@@ -22,7 +22,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// rw, writeback_delay=S, rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
     /// accepted and ignored).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -50,6 +50,11 @@ pub struct MountArgs {
     /// Let other local users access the mount.
     #[arg(long)]
     pub allow_other: bool,
+    /// Delayed write-back in seconds: small new files are uploaded this long after close, so
+    /// the utimens/chmod/rename that follow (rsync, tar, cp -p) join one archive upload.
+    /// 0 (default): close returns once the remote has the data.
+    #[arg(long)]
+    pub writeback_delay: Option<f64>,
     /// Client-side request rate limit in requests per minute (0 = unlimited).
     #[arg(long)]
     pub rate_limit: Option<u32>,
@@ -168,6 +173,10 @@ impl MountArgs {
                 "api_version" if self.api_version.is_none() => {
                     self.api_version = Some(need(val)?.to_string())
                 }
+                "writeback_delay" if self.writeback_delay.is_none() => {
+                    mount.writeback_delay = parse_secs(need(val)?, key)?
+                }
+                "writeback_delay" => {}
                 "rate_limit" if self.rate_limit.is_none() => {
                     self.rate_limit = Some(
                         need(val)?
@@ -286,6 +295,9 @@ impl MountArgs {
         }
         if let Some(v) = self.negative_ttl {
             mount.cache.negative_ttl = secs(v, "--negative-ttl")?;
+        }
+        if let Some(v) = self.writeback_delay {
+            mount.writeback_delay = secs(v, "--writeback-delay")?;
         }
         if let Some(v) = self.dir_ttl {
             mount.cache.dir_ttl = secs(v, "--dir-ttl")?;

@@ -120,14 +120,23 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// One handle less on `file`; the last one of a clean file drops its staged copy.
     async fn release_file(&self, file: &Arc<OpenFile>) {
-        let mut staged = file.staged.lock().await;
-        let (last, keep) = {
+        {
             let mut m = file.meta.lock();
             m.handles = m.handles.saturating_sub(1);
+        }
+        self.drop_if_idle(file).await;
+    }
+
+    /// Drops the staged copy and the shared state of a file nobody has open and whose
+    /// changes are on the remote (or unlinked).
+    async fn drop_if_idle(&self, file: &Arc<OpenFile>) {
+        let mut staged = file.staged.lock().await;
+        let (idle, keep) = {
+            let m = file.meta.lock();
             (m.handles == 0, m.dirty && !m.unlinked)
         };
-        if !last || keep {
-            if last {
+        if !idle || keep {
+            if idle && !self.writeback.lock().contains_key(&file.ino) {
                 tracing::warn!(path = %file.meta.lock().path, "file closed with unsent changes; kept staged");
             }
             return;
@@ -144,6 +153,65 @@ impl<R: RemoteFs> Filesystem<R> {
         {
             files.remove(&file.ino);
         }
+    }
+
+    /// flush/release write-back: uploads now, or (with a write-back delay) queues a small
+    /// new file so the metadata ops that usually follow (utimens, chmod, rename of
+    /// rsync/tar/cp -p) join its one archive upload.
+    async fn write_back(&self, file: &Arc<OpenFile>) -> FsResult<()> {
+        if !self.writeback_delay.is_zero() {
+            let defer = {
+                let m = file.meta.lock();
+                m.new
+                    && m.dirty
+                    && !m.unlinked
+                    && m.staged_size.is_some_and(|s| self.archive_fits(s))
+            };
+            if defer {
+                let due = self.cache.now() + self.writeback_delay;
+                self.writeback
+                    .lock()
+                    .entry(file.ino)
+                    .or_insert((file.clone(), due));
+                return Ok(());
+            }
+        }
+        self.upload(file, false).await
+    }
+
+    /// Uploads queued files whose delay ran out (the mount calls this periodically; tests
+    /// call it after advancing the clock). A failed upload stays staged and is retried
+    /// after a longer pause.
+    pub async fn writeback_tick(&self) {
+        let now = self.cache.now();
+        let due: Vec<Arc<OpenFile>> = {
+            let mut q = self.writeback.lock();
+            let ready: Vec<InodeNo> = q
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .map(|(ino, _)| *ino)
+                .collect();
+            ready
+                .into_iter()
+                .filter_map(|ino| q.remove(&ino).map(|(f, _)| f))
+                .collect()
+        };
+        for file in due {
+            if let Err(e) = self.upload(&file, false).await {
+                tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
+                let retry = self.cache.now() + Duration::from_secs(30);
+                self.writeback
+                    .lock()
+                    .insert(file.ino, (file.clone(), retry));
+                continue;
+            }
+            self.drop_if_idle(&file).await;
+        }
+    }
+
+    /// Files waiting for their delayed upload.
+    pub fn writeback_pending(&self) -> usize {
+        self.writeback.lock().len()
     }
 
     /// A staged object for ranged reads of this version, reused while valid.
@@ -503,20 +571,21 @@ impl<R: RemoteFs> Filesystem<R> {
         if !h.wrote.load(Ordering::Relaxed) && !h.file.meta.lock().new {
             return Ok(());
         }
-        self.upload(&h.file, false).await
+        self.write_back(&h.file).await
     }
 
     /// `fsync`: the staged data is made durable on local disk, then uploaded; returns once
     /// the remote confirmed (a clean file is already on the remote).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        self.writeback.lock().remove(&h.ino);
         self.upload(&h.file, true).await
     }
 
     /// `release`: uploads when still dirty, then drops the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
-        let result = self.upload(&h.file, false).await;
+        let result = self.write_back(&h.file).await;
         self.release_file(&h.file).await;
         result
     }

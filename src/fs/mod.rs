@@ -132,6 +132,10 @@ pub struct Filesystem<R: RemoteFs> {
     opened_versions: Mutex<HashMap<InodeNo, (u64, SystemTime)>>,
     /// Mode the remote gives a new file (learnt from the first upload's `stat`).
     new_file_perm: Mutex<Option<u32>>,
+    /// Delay of the upload of small new files after their close (0: upload at close).
+    writeback_delay: Duration,
+    /// Files whose upload waits for the write-back delay, with their due time.
+    writeback: Mutex<HashMap<InodeNo, (Arc<OpenFile>, std::time::Instant)>>,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
 }
@@ -203,6 +207,8 @@ impl<R: RemoteFs> Filesystem<R> {
             staged_objects: Mutex::new(HashMap::new()),
             opened_versions: Mutex::new(HashMap::new()),
             new_file_perm: Mutex::new(None),
+            writeback_delay: config.writeback_delay,
+            writeback: Mutex::new(HashMap::new()),
             statfs: StatFs {
                 blocks: config.statfs_total_bytes / bsize,
                 bfree: config.statfs_free_bytes / bsize,
@@ -795,6 +801,7 @@ impl<R: RemoteFs> Filesystem<R> {
     /// At unmount: uploads every dirty file (each bounded by `wait`), returns what stayed
     /// staged.
     pub async fn shutdown(&self, wait: Duration) -> Vec<Unsent> {
+        self.writeback.lock().clear();
         let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
         let mut unsent = Vec::new();
         for f in files {
