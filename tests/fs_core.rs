@@ -1108,3 +1108,52 @@ async fn delayed_writeback_turns_an_rsync_sequence_into_one_archive() {
     assert!(h.fs.shutdown(Duration::from_secs(5)).await.is_empty());
     assert_eq!(r(&h).content(&path("late")).unwrap(), b"L");
 }
+
+#[tokio::test]
+async fn delayed_small_files_of_a_directory_share_one_archive() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_millis(500);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let sub =
+        h.fs.mkdir(ROOT_INO, os("sub"), 0o755, 0o022)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    for i in 0..20 {
+        write_new(
+            &h,
+            ROOT_INO,
+            &format!("a{i}"),
+            format!("content {i}").as_bytes(),
+        )
+        .await;
+        write_new(&h, sub, &format!("b{i}"), b"").await;
+    }
+    assert_eq!(h.fs.writeback_pending(), 40);
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).calls("put_archive"), 2, "one archive per directory");
+    assert_eq!(r(&h).calls("upload"), 0);
+    for i in 0..20 {
+        assert_eq!(
+            r(&h).content(&path(&format!("a{i}"))).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+        assert_eq!(r(&h).content(&path(&format!("sub/b{i}"))).unwrap(), b"");
+    }
+    assert!(h.fs.unsent().is_empty());
+    // A refused batch falls back to one upload per file.
+    r(&h).fail_once("put_archive", RemoteError::InvalidArgument("nope".into()));
+    write_new(&h, ROOT_INO, "x1", b"1").await;
+    write_new(&h, ROOT_INO, "x2", b"2").await;
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("x1")).unwrap(), b"1");
+    assert_eq!(r(&h).content(&path("x2")).unwrap(), b"2");
+}

@@ -40,6 +40,8 @@ const READAHEAD_MIN: u64 = 1 << 20;
 const READAHEAD_MAX: u64 = 64 << 20;
 /// Ranged reads in flight for one window.
 const RANGES_IN_FLIGHT: u64 = 4;
+/// Batches of delayed uploads sent at once.
+const WRITEBACK_PARALLEL: usize = 4;
 /// Chunk of a large file fetched into a staged copy.
 const FETCH_CHUNK: u64 = 8 << 20;
 /// A staged object is not used when it expires sooner than this.
@@ -196,16 +198,139 @@ impl<R: RemoteFs> Filesystem<R> {
                 .filter_map(|ino| q.remove(&ino).map(|(f, _)| f))
                 .collect()
         };
-        for file in due {
-            if let Err(e) = self.upload(&file, false).await {
-                tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
-                let retry = self.cache.now() + Duration::from_secs(30);
-                self.writeback
-                    .lock()
-                    .insert(file.ino, (file.clone(), retry));
+        if due.is_empty() {
+            return;
+        }
+        // Small files of one directory travel together in one archive (within the direct
+        // upload limit); batches of different directories run side by side.
+        let limit = self.remote.capabilities().direct_upload_limit;
+        let mut groups: std::collections::BTreeMap<RemotePath, Vec<Arc<OpenFile>>> =
+            Default::default();
+        for f in due {
+            let parent = f.meta.lock().path.parent().unwrap_or_else(RemotePath::root);
+            groups.entry(parent).or_default().push(f);
+        }
+        let mut batches: Vec<(RemotePath, Vec<Arc<OpenFile>>)> = Vec::new();
+        for (dir, mut files) in groups {
+            files.sort_by_key(|f| f.ino);
+            let mut batch: Vec<Arc<OpenFile>> = Vec::new();
+            let mut used = 0;
+            for f in files {
+                let size = f.meta.lock().staged_size.unwrap_or(0) + ARCHIVE_OVERHEAD;
+                if !batch.is_empty() && used + size > limit {
+                    batches.push((dir.clone(), std::mem::take(&mut batch)));
+                    used = 0;
+                }
+                used += size;
+                batch.push(f);
+            }
+            if !batch.is_empty() {
+                batches.push((dir, batch));
+            }
+        }
+        use futures_util::StreamExt;
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(WRITEBACK_PARALLEL, |(dir, files)| async move {
+                let failed = if files.len() == 1 {
+                    match self.upload(&files[0], false).await {
+                        Ok(()) => Vec::new(),
+                        Err(e) => {
+                            tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
+                            files.clone()
+                        }
+                    }
+                } else {
+                    self.upload_batch(&dir, &files).await
+                };
+                for f in &failed {
+                    let retry = self.cache.now() + Duration::from_secs(30);
+                    self.writeback.lock().insert(f.ino, (f.clone(), retry));
+                }
+                for f in &files {
+                    if !failed.iter().any(|x| Arc::ptr_eq(x, f)) {
+                        self.drop_if_idle(f).await;
+                    }
+                }
+            })
+            .await;
+    }
+
+    /// Uploads several small new files of `dir` in one archive; returns those that failed.
+    async fn upload_batch(&self, dir: &RemotePath, files: &[Arc<OpenFile>]) -> Vec<Arc<OpenFile>> {
+        let mut guards = Vec::with_capacity(files.len());
+        for f in files {
+            guards.push(f.staged.lock().await);
+        }
+        let mut members = Vec::new();
+        let mut included: Vec<(usize, FileMeta, u64, SystemTime, u32, Bytes)> = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            let m = f.meta();
+            let Some(sf) = guards[i].as_ref() else {
+                continue;
+            };
+            if !m.dirty || m.unlinked || m.path.parent().as_ref() != Some(dir) {
                 continue;
             }
-            self.drop_if_idle(&file).await;
+            let data = match sf.read_all() {
+                Ok(d) => Bytes::from(d),
+                Err(e) => {
+                    tracing::error!(path = %m.path, "cannot read the staged copy: {e}");
+                    continue;
+                }
+            };
+            let _ = sf.write_manifest(StagedState::Uploading, "", None, false);
+            let perm = m.pending_mode.unwrap_or(m.base.perm);
+            let mtime = whole_seconds(m.pending_mtime.unwrap_or_else(SystemTime::now));
+            members.push(ArchiveMember {
+                name: m.path.file_name().to_string(),
+                kind: ArchiveMemberKind::File(data.clone()),
+                perm,
+                mtime,
+            });
+            let size = data.len() as u64;
+            included.push((i, m, size, mtime, perm, data));
+        }
+        if members.is_empty() {
+            return Vec::new();
+        }
+        let span = tracing::info_span!("upload_batch", dir = %dir, files = members.len());
+        let result = self.remote.put_archive(dir, members).instrument(span).await;
+        match result {
+            Ok(()) => {
+                for (i, m, size, mtime, perm, data) in included {
+                    if let Some(sf) = guards[i].as_ref() {
+                        let _ = sf.mark_clean();
+                    }
+                    let stat = self.own_stat(FileKind::File, perm, size, mtime);
+                    {
+                        let mut mm = files[i].meta.lock();
+                        mm.dirty = false;
+                        mm.new = false;
+                        mm.pending_mode = None;
+                        mm.pending_mtime = None;
+                        mm.local_mtime = None;
+                        mm.base = stat.clone();
+                        mm.staged_size = Some(size);
+                    }
+                    self.cache.put_attr(&m.path, stat, None);
+                    let _ = self.content.put(&m.path, size, mtime, &data);
+                    self.opened_versions.lock().remove(&files[i].ino);
+                }
+                Vec::new()
+            }
+            Err(e) => {
+                drop(guards);
+                let e = FsError::from(e);
+                tracing::warn!(%dir, "batched upload failed ({e}); sending the files one by one");
+                let mut failed = Vec::new();
+                for (i, ..) in included {
+                    if let Err(e) = self.upload(&files[i], false).await {
+                        tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
+                        failed.push(files[i].clone());
+                    }
+                }
+                failed
+            }
         }
     }
 
