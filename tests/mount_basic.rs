@@ -12,28 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::mount::{is_mounted, MountedFs};
 
-fn sh(dir: &std::path::Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn everyday_file_operations() {
     let m = MountedFs::start();
     // mkdir, write with shell tools, read back.
     fs::create_dir(m.p("proj")).unwrap();
-    sh(m.path(), "echo 'hello mount' > proj/hello.txt");
+    m.sh("echo 'hello mount' > proj/hello.txt");
     assert_eq!(
         fs::read_to_string(m.p("proj/hello.txt")).unwrap(),
         "hello mount\n"
@@ -42,12 +26,12 @@ fn everyday_file_operations() {
         fs::read_to_string(m.remote("proj/hello.txt")).unwrap(),
         "hello mount\n"
     );
-    assert_eq!(sh(m.path(), "cat proj/hello.txt"), "hello mount\n");
-    let ls = sh(m.path(), "ls -l proj");
+    assert_eq!(m.sh("cat proj/hello.txt"), "hello mount\n");
+    let ls = m.sh("ls -l proj");
     assert!(ls.contains("hello.txt") && ls.contains(" 12 "), "{ls}");
 
     // rename
-    sh(m.path(), "mv proj/hello.txt proj/renamed.txt");
+    m.sh("mv proj/hello.txt proj/renamed.txt");
     assert!(!m.remote("proj/hello.txt").exists());
     assert_eq!(
         fs::read_to_string(m.remote("proj/renamed.txt")).unwrap(),
@@ -67,7 +51,7 @@ fn everyday_file_operations() {
 
     // chmod +x and execute
     fs::write(m.p("run.sh"), "#!/bin/sh\necho it-ran\n").unwrap();
-    sh(m.path(), "chmod +x run.sh");
+    m.sh("chmod +x run.sh");
     assert_eq!(
         fs::metadata(m.remote("run.sh"))
             .unwrap()
@@ -76,7 +60,7 @@ fn everyday_file_operations() {
             & 0o777,
         0o755
     );
-    assert_eq!(sh(m.path(), "./run.sh"), "it-ran\n");
+    assert_eq!(m.sh("./run.sh"), "it-ran\n");
 
     // symlink / readlink (relative target)
     fs::write(m.p("target.txt"), "T").unwrap();
@@ -92,7 +76,7 @@ fn everyday_file_operations() {
     assert_eq!(fs::read_to_string(m.p("link")).unwrap(), "T");
 
     // empty file
-    sh(m.path(), "touch empty && : > empty2");
+    m.sh("touch empty && : > empty2");
     assert_eq!(fs::metadata(m.remote("empty")).unwrap().len(), 0);
     assert_eq!(fs::metadata(m.remote("empty2")).unwrap().len(), 0);
     assert_eq!(fs::metadata(m.p("empty")).unwrap().len(), 0);
@@ -184,16 +168,16 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
         fs::write(m.remote(&format!("many/file-{i:04}.dat")), b"0123456789").unwrap();
     }
     // The directory itself (and the mount root) are looked up once; then only the listing.
-    sh(m.path(), "stat many > /dev/null");
+    m.sh("stat many > /dev/null");
     m.server().reset_stats();
-    let out = sh(m.path(), "ls -l many | wc -l");
+    let out = m.sh("ls -l many | wc -l");
     assert_eq!(out.trim(), "2001");
     let stats = m.server().stats();
     assert_eq!(stats.calls("GET ops/ls"), 1, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
-    let found = sh(m.path(), "find many -type f | wc -l");
+    let found = m.sh("find many -type f | wc -l");
     assert_eq!(found.trim(), "2000");
-    sh(m.path(), "du -s many");
+    m.sh("du -s many");
     let stats = m.server().stats();
     assert!(stats.calls("GET ops/ls") <= 2, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
