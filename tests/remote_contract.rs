@@ -539,3 +539,81 @@ async fn suite_survives_5xx_429_and_dropped_connections() {
     assert!(retries >= faults, "retries {retries} < faults {faults}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_refreshes_the_token_once_and_replays() {
+    let server = Server::start(|c| c.min_token_ttl = Duration::from_secs(1)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, server.h().issue_token(Duration::from_secs(3))).unwrap();
+    let mut cfg = server.config("unused");
+    cfg.credentials = Credentials::TokenCommand(format!("cat {}", file.display()));
+    let client = V2Client::connect(&cfg).await.unwrap();
+    let fetches = client.token_fetches();
+    // The cached token expires; the command now prints a fresh one.
+    std::fs::write(&file, server.h().issue_token(Duration::from_secs(300))).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.stat(&server.root()).await.unwrap();
+    assert_eq!(client.http_stats().auth_retries.load(Ordering::Relaxed), 1);
+    assert_eq!(client.token_fetches(), fetches + 1);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_that_times_out_falls_back_to_a_transfer_job() {
+    let server = Server::start(|_| {}).await;
+    let mut cfg = server.config("f7tfs");
+    cfg.max_retries = 2;
+    let client = V2Client::connect(&cfg).await.unwrap();
+    let root = server.root();
+    let tree = root.join("tree").unwrap();
+    client.mkdir(&tree).await.unwrap();
+    client
+        .upload(&tree.join("f").unwrap(), Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    // Every direct rm attempt of the first call times out at the gateway.
+    server
+        .h()
+        .set_faults(FaultPlan::parse(&["ops/rm:504=1:times=3"]).unwrap());
+    server.h().reset_stats();
+    client.remove(&tree).await.unwrap();
+    assert_not_found(client.stat(&tree).await, "tree removed by the job");
+    let stats = server.h().stats();
+    assert_eq!(stats.calls("DELETE transfer/rm"), 1);
+    assert_no_job_logs(&server.h().root());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_server_is_refused_clearly() {
+    use axum::routing::get;
+    // A v1 server answers `/status/systems` with `{"description", "out"}` and no
+    // `F7T-AppVersion` header.
+    let app = axum::Router::new().route(
+        "/status/systems",
+        get(|| async {
+            axum::Json(serde_json::json!({
+                "description": "List of systems with status and description.",
+                "out": [{"system": "cluster", "status": "available", "description": "ok"}]
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    let cfg = RemoteConfig::new(
+        format!("http://{addr}"),
+        "cluster",
+        Credentials::TokenCommand("echo some-token".into()),
+    );
+    let err = V2Client::connect(&cfg).await.err().unwrap();
+    assert!(
+        err.to_string()
+            .contains("FirecREST v1 is not supported yet"),
+        "{err}"
+    );
+    task.abort();
+}

@@ -645,7 +645,13 @@ impl RemoteFs for V2Client {
         let tz = self.timezone();
         let mut out = Vec::with_capacity(raw.len());
         for e in &raw {
-            let d = parse::entry_to_dir_entry(e, &tz, &self.inner.ids)?;
+            let d = match parse::entry_to_dir_entry(e, &tz, &self.inner.ids) {
+                Ok(d) => d,
+                Err(err) => {
+                    tracing::warn!(dir = %dir, "skipping an entry: {err}");
+                    continue;
+                }
+            };
             if d.name.is_empty() || d.name.contains('/') || d.name == "." || d.name == ".." {
                 tracing::warn!(dir = %dir, name = ?d.name, "skipping an entry with an unusable name");
                 continue;
