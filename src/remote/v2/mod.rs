@@ -42,6 +42,8 @@ const JOB_POLL_CAP: Duration = Duration::from_secs(2);
 const JOB_BOUND_SHORT: Duration = Duration::from_secs(15 * 60);
 /// Bound of staged uploads: the upload job polls the bucket only every 60 s and may queue.
 const JOB_BOUND_LONG: Duration = Duration::from_secs(6 * 3600);
+/// Slowest staging copy we still wait for (bytes per second).
+const STAGE_RATE: u64 = 10 * 1024 * 1024;
 /// Scheduler states after which a job will not change any more (API.md 5.2).
 const TERMINAL_STATES: &[&str] = &[
     "COMPLETED",
@@ -347,20 +349,35 @@ impl V2Client {
                 }
             }
         }
+        let mut found: Vec<(i64, jiff::tz::Offset)> = Vec::new();
+        let mut probe = None;
         for (path, civil) in candidates {
             let Ok(st) = self.stat_raw(&path).await else {
                 continue;
             };
             if let Some(offset) = parse::offset_from_pair(&civil, st.mtime) {
-                tracing::info!(
+                found.push((st.mtime, offset));
+                probe.get_or_insert(path);
+            }
+        }
+        if let (Some(&(_, offset)), Some(probe)) = (found.first(), probe) {
+            let zone = parse::choose_zone(&found, &TimeZone::system());
+            match zone.iana_name() {
+                Some(name) if zone != TimeZone::fixed(offset) => tracing::info!(
                     %offset,
-                    probe = %path,
+                    zone = name,
+                    probe = %probe,
+                    "remote ls times match this machine's time zone; using it"
+                ),
+                _ => tracing::info!(
+                    %offset,
+                    probe = %probe,
                     "remote ls times are in a fixed offset (set remote_timezone for a zone \
                      with daylight saving time)"
-                );
-                *self.inner.tz.write() = TimeZone::fixed(offset);
-                return Ok(());
+                ),
             }
+            *self.inner.tz.write() = zone;
+            return Ok(());
         }
         Err(RemoteError::NotFound(format!(
             "no entry in {dir} to compare ls and stat times"
@@ -516,6 +533,7 @@ impl V2Client {
     /// Polls a job to a terminal state; returns that state.
     async fn wait_job(&self, job: &TransferJob, bound: Duration) -> RemoteResult<String> {
         let started = Instant::now();
+        let mut last_answer = Instant::now();
         let mut delay = JOB_POLL_START;
         let path = format!("/compute/{}/jobs/{}", self.inner.system, job.job_id);
         loop {
@@ -526,6 +544,7 @@ impl V2Client {
                 .await
             {
                 Ok(reply) => {
+                    last_answer = Instant::now();
                     let jobs: JobsResponse = reply.json()?;
                     if let Some(j) = jobs.jobs.iter().find(|j| j.job_id == job.job_id) {
                         let state = state_text(&j.status.state);
@@ -541,7 +560,11 @@ impl V2Client {
                         job.job_id
                     )))
                 }
-                Err(e) if e.is_transient() && started.elapsed() < bound => {
+                Err(e)
+                    if e.is_transient()
+                        && started.elapsed() < bound
+                        && last_answer.elapsed() < self.inner.op_deadline =>
+                {
                     tracing::debug!(job = %job.job_id, "polling failed, will retry: {e}");
                 }
                 Err(e) => return Err(e),
@@ -805,13 +828,9 @@ impl RemoteFs for V2Client {
             "targetPath": to.as_str(),
         }));
         let job = self.submit_transfer(call).await?.transfer_job;
-        let state = match self
+        let state = self
             .wait_job(&job, self.inner.op_deadline + JOB_BOUND_SHORT)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+            .await?;
         // The job says COMPLETED even when mv failed: look at the effect.
         let source = self.stat_raw(from).await;
         let target = self.stat_raw(to).await;
@@ -853,9 +872,10 @@ impl RemoteFs for V2Client {
             .ok_or_else(|| {
                 RemoteError::Protocol(format!("transfer/download of {path}: no downloadUrl"))
             })?;
-        let state = self
-            .wait_job(&job, self.inner.op_deadline + JOB_BOUND_SHORT)
-            .await;
+        // The job copies the whole file into the bucket first.
+        let bound =
+            self.inner.op_deadline + JOB_BOUND_SHORT + Duration::from_secs(size / STAGE_RATE);
+        let state = self.wait_job(&job, bound).await;
         let result = match state {
             Ok(s) if s == "COMPLETED" => Ok(()),
             Ok(s) => Err(self.job_failed(&job, &s, &format!("staging {path}")).await),
