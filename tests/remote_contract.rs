@@ -14,63 +14,43 @@ use f7tfs::remote::v2::V2Client;
 use f7tfs::remote::{
     epoch, ArchiveMember, ArchiveMemberKind, FileKind, RemoteError, RemoteFs, RemotePath,
 };
-use f7tfs::server::{spawn, FaultPlan, ServeConfig, ServerHandle};
+use f7tfs::server::ServeConfig;
+
+mod common;
+use common::server::TestServer;
 
 /// Direct limit of the test server: "large" files are cheap.
 const MAX_OPS: u64 = 64 * 1024;
 const PART: u64 = 48 * 1024;
 
-struct Server {
-    handle: Option<ServerHandle>,
-    _dir: tempfile::TempDir,
+/// The bundled server with a small direct limit and part size.
+fn start(tweak: impl FnOnce(&mut ServeConfig)) -> TestServer {
+    TestServer::with(|c| {
+        c.max_ops_file_size = MAX_OPS;
+        c.max_part_size = PART;
+        tweak(c);
+    })
 }
 
-impl Server {
-    async fn start(tweak: impl FnOnce(&mut ServeConfig)) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cfg = ServeConfig::new(dir.path());
-        cfg.listen = "127.0.0.1:0".parse().unwrap();
-        cfg.job_delay = Duration::from_millis(50);
-        cfg.upload_poll_interval = Duration::from_millis(50);
-        cfg.max_ops_file_size = MAX_OPS;
-        cfg.max_part_size = PART;
-        tweak(&mut cfg);
-        let handle = spawn(cfg).await.unwrap();
-        Server {
-            handle: Some(handle),
-            _dir: dir,
-        }
-    }
+fn root_of(srv: &TestServer) -> RemotePath {
+    RemotePath::new(srv.root().to_str().unwrap()).unwrap()
+}
 
-    fn h(&self) -> &ServerHandle {
-        self.handle.as_ref().unwrap()
-    }
-
-    fn root(&self) -> RemotePath {
-        RemotePath::new(self.h().root().to_str().unwrap()).unwrap()
-    }
-
-    fn config(&self, secret: &str) -> RemoteConfig {
-        let mut c = RemoteConfig::new(
-            self.h().url(),
-            self.h().system().to_uppercase(),
-            Credentials::ClientCredentials {
-                token_url: self.h().token_url(),
-                client_id: "f7tfs".into(),
-                client_secret: secret.into(),
-            },
-        );
-        c.call_timeout = Duration::from_secs(20);
-        c.op_deadline = Duration::from_secs(60);
-        c.max_retries = 8;
-        c
-    }
-
-    async fn stop(mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown().await;
-        }
-    }
+/// Client settings for `srv` (system name in upper case: matched case-insensitively).
+fn config_for(srv: &TestServer, secret: &str) -> RemoteConfig {
+    let mut c = RemoteConfig::new(
+        srv.url(),
+        srv.system().to_uppercase(),
+        Credentials::ClientCredentials {
+            token_url: srv.token_url(),
+            client_id: "f7tfs".into(),
+            client_secret: secret.into(),
+        },
+    );
+    c.call_timeout = Duration::from_secs(20);
+    c.op_deadline = Duration::from_secs(60);
+    c.max_retries = 8;
+    c
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -391,15 +371,17 @@ fn assert_no_job_logs(root: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_client_passes_the_contract_suite() {
-    let server = Server::start(|_| {}).await;
-    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    let server = start(|_| {});
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
     assert_eq!(client.capabilities().api_version, "v2");
     assert_eq!(client.capabilities().direct_upload_limit, MAX_OPS);
     assert_eq!(client.capabilities().max_part_size, PART);
-    assert_eq!(client.system(), server.h().system());
+    assert_eq!(client.system(), server.system());
     let info = client.userinfo().await.unwrap();
-    assert_eq!(info.user.name, server.h().user());
-    let root = server.root();
+    assert_eq!(info.user.name, server.user());
+    let root = root_of(&server);
     assert!(client.check_path(&root).await.is_ok());
     assert!(matches!(
         client
@@ -408,42 +390,42 @@ async fn v2_client_passes_the_contract_suite() {
         Err(RemoteError::InvalidArgument(_))
     ));
 
-    server.h().reset_stats();
+    server.reset_stats();
     suite(&client, &root, false).await;
-    assert_no_job_logs(&server.h().root());
+    assert_no_job_logs(server.root());
 
     // One call per listing.
-    server.h().reset_stats();
+    server.reset_stats();
     client.list(&root).await.unwrap();
-    assert_eq!(server.h().stats().calls("GET ops/ls"), 1);
-    assert_eq!(server.h().stats().total_calls(), 1);
-    server.stop().await;
+    assert_eq!(server.stats().calls("GET ops/ls"), 1);
+    assert_eq!(server.stats().total_calls(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_zone_detection_and_configuration() {
-    let server = Server::start(|_| {}).await;
-    let root = server.root();
-    std::fs::write(server.h().root().join("probe"), b"x").unwrap();
-    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    let server = start(|_| {});
+    let root = root_of(&server);
+    std::fs::write(server.root().join("probe"), b"x").unwrap();
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
     client.detect_timezone(&root).await.unwrap();
     let st = client.stat(&root.join("probe").unwrap()).await.unwrap();
     let listing = client.list(&root).await.unwrap();
     let e = listing.iter().find(|e| e.name == "probe").unwrap();
     assert_eq!(e.stat.mtime, st.mtime);
 
-    let mut cfg = server.config("f7tfs");
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.remote_timezone = Some("No/Such_Zone".into());
     let err = V2Client::connect(&cfg).await.err().unwrap();
     assert!(matches!(err, RemoteError::InvalidArgument(_)), "{err}");
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_one_line_and_name_the_fix() {
-    let server = Server::start(|_| {}).await;
+    let server = start(|_| {});
 
-    let err = V2Client::connect(&server.config("wrong-secret-xyz"))
+    let err = V2Client::connect(&config_for(&server, "wrong-secret-xyz"))
         .await
         .err()
         .unwrap();
@@ -455,9 +437,9 @@ async fn connect_failures_are_one_line_and_name_the_fix() {
         "{text}"
     );
 
-    let mut cfg = server.config("f7tfs");
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.credentials = Credentials::ClientCredentials {
-        token_url: format!("{}/no/such/token", server.h().url()),
+        token_url: format!("{}/no/such/token", server.url()),
         client_id: "f7tfs".into(),
         client_secret: "f7tfs".into(),
     };
@@ -467,64 +449,63 @@ async fn connect_failures_are_one_line_and_name_the_fix() {
         "{text}"
     );
 
-    let mut cfg = server.config("f7tfs");
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.system = "nosuchsystem".into();
     let err = V2Client::connect(&cfg).await.err().unwrap();
     let text = err.to_string();
     assert!(
-        text.contains("nosuchsystem") && text.contains(&server.h().system()),
+        text.contains("nosuchsystem") && text.contains(&server.system()),
         "{text}"
     );
 
-    let mut cfg = server.config("f7tfs");
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.api_version = Some(f7tfs::config::ApiVersion::V1);
     let text = V2Client::connect(&cfg).await.err().unwrap().to_string();
     assert!(text.contains("FirecREST v1 is not supported yet"), "{text}");
 
-    let mut cfg = server.config("f7tfs");
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.credentials = Credentials::TokenCommand("echo no-such-token".into());
     let err = V2Client::connect(&cfg).await.err().unwrap();
     assert!(matches!(err, RemoteError::Unauthorized(_)), "{err}");
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_token_lifetime_refreshes_during_the_suite() {
-    let server = Server::start(|c| {
+    let server = start(|c| {
         c.token_lifetime = Duration::from_secs(4);
         c.min_token_ttl = Duration::from_secs(1);
-    })
-    .await;
-    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    });
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
     let before = client.token_fetches();
-    suite(&client, &server.root(), false).await;
+    suite(&client, &root_of(&server), false).await;
     // Make sure the run outlived at least one token.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    client.stat(&server.root()).await.unwrap();
+    client.stat(&root_of(&server)).await.unwrap();
     assert!(
         client.token_fetches() > before,
         "no refresh: {} fetches",
         client.token_fetches()
     );
-    assert!(server.h().stats().calls("POST auth/token") >= 2);
-    server.stop().await;
+    assert!(server.stats().calls("POST auth/token") >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_survives_5xx_429_and_dropped_connections() {
-    let server = Server::start(|_| {}).await;
-    let client = V2Client::connect(&server.config("f7tfs")).await.unwrap();
+    let server = start(|_| {});
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
     // Faults on the calls the client may replay, 429 on everything (it is refused before
     // processing), dropped connections on reads.
-    let plan = FaultPlan::parse(&[
+    server.set_faults(&[
         "*:429=0.05:retry-after=1:times=3",
         "ops/ls,ops/stat,ops/download,ops/chmod,ops/chown,ops/rm,compute/jobs,s3/part,s3/object:5xx=0.25",
         "ops/stat,ops/ls:drop=0.1:times=4",
-    ])
-    .unwrap();
-    server.h().set_faults(plan);
-    suite(&client, &server.root(), true).await;
-    let stats = server.h().stats();
+    ]);
+    suite(&client, &root_of(&server), true).await;
+    let stats = server.stats();
     let faults: u64 = stats.endpoints.values().map(|e| e.faults).sum();
     assert!(faults > 0, "no fault fired");
     let retries = client.http_stats().retries.load(Ordering::Relaxed);
@@ -537,35 +518,33 @@ async fn suite_survives_5xx_429_and_dropped_connections() {
             .collect::<Vec<_>>()
     );
     assert!(retries >= faults, "retries {retries} < faults {faults}");
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_refreshes_the_token_once_and_replays() {
-    let server = Server::start(|c| c.min_token_ttl = Duration::from_secs(1)).await;
+    let server = start(|c| c.min_token_ttl = Duration::from_secs(1));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
-    std::fs::write(&file, server.h().issue_token(Duration::from_secs(3))).unwrap();
-    let mut cfg = server.config("unused");
+    std::fs::write(&file, server.token_for(Duration::from_secs(3))).unwrap();
+    let mut cfg = config_for(&server, "unused");
     cfg.credentials = Credentials::TokenCommand(format!("cat {}", file.display()));
     let client = V2Client::connect(&cfg).await.unwrap();
     let fetches = client.token_fetches();
     // The cached token expires; the command now prints a fresh one.
-    std::fs::write(&file, server.h().issue_token(Duration::from_secs(300))).unwrap();
+    std::fs::write(&file, server.token_for(Duration::from_secs(300))).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    client.stat(&server.root()).await.unwrap();
+    client.stat(&root_of(&server)).await.unwrap();
     assert_eq!(client.http_stats().auth_retries.load(Ordering::Relaxed), 1);
     assert_eq!(client.token_fetches(), fetches + 1);
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_that_times_out_falls_back_to_a_transfer_job() {
-    let server = Server::start(|_| {}).await;
-    let mut cfg = server.config("f7tfs");
+    let server = start(|_| {});
+    let mut cfg = config_for(&server, "f7tfs");
     cfg.max_retries = 2;
     let client = V2Client::connect(&cfg).await.unwrap();
-    let root = server.root();
+    let root = root_of(&server);
     let tree = root.join("tree").unwrap();
     client.mkdir(&tree).await.unwrap();
     client
@@ -573,16 +552,13 @@ async fn rm_that_times_out_falls_back_to_a_transfer_job() {
         .await
         .unwrap();
     // Every direct rm attempt of the first call times out at the gateway.
-    server
-        .h()
-        .set_faults(FaultPlan::parse(&["ops/rm:504=1:times=3"]).unwrap());
-    server.h().reset_stats();
+    server.set_faults(&["ops/rm:504=1:times=3"]);
+    server.reset_stats();
     client.remove(&tree).await.unwrap();
     assert_not_found(client.stat(&tree).await, "tree removed by the job");
-    let stats = server.h().stats();
+    let stats = server.stats();
     assert_eq!(stats.calls("DELETE transfer/rm"), 1);
-    assert_no_job_logs(&server.h().root());
-    server.stop().await;
+    assert_no_job_logs(server.root());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
