@@ -593,3 +593,33 @@ async fn a_v1_server_is_refused_clearly() {
     );
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_staged_upload_is_an_error_and_leaves_the_local_file() {
+    let server = start(|_| {});
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let content = pseudo_random(2 * PART as usize + 10, 3);
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(local.path(), &content).unwrap();
+    let target = root_of(&server).join("big-failed.bin").unwrap();
+    // The completion may have reached S3: it is not replayed.
+    server.set_faults(&["s3/complete:500=1"]);
+    let err = client
+        .upload_large(&target, local.path(), content.len() as u64, None)
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert_eq!(server.stats().calls("POST s3/complete"), 1);
+    assert_eq!(std::fs::read(local.path()).unwrap(), content);
+    // A wrong size is refused before anything is sent.
+    server.set_faults(&[]);
+    server.reset_stats();
+    let err = client
+        .upload_large(&target, local.path(), 5, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::LocalIo(_)), "{err}");
+    assert_eq!(server.stats().total_calls(), 0);
+}

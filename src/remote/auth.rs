@@ -378,6 +378,30 @@ mod tests {
         assert!(e.contains("nope") && e.contains("FIRECREST_TOKEN_COMMAND") && !e.contains('\n'));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("n");
+        let cmd = format!("sleep 0.2; echo x >> {0}; echo tok", counter.display());
+        let p = std::sync::Arc::new(
+            TokenProvider::new(Credentials::TokenCommand(cmd), Duration::from_secs(5)).unwrap(),
+        );
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.token().await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "tok");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&counter).unwrap().lines().count(),
+            1
+        );
+        assert_eq!(p.fetch_count(), 1);
+    }
+
     #[tokio::test]
     async fn token_file_is_reread_when_changed() {
         let dir = tempfile::tempdir().unwrap();

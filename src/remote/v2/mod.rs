@@ -161,6 +161,12 @@ impl V2Client {
             Err(RemoteError::NotFound(_)) if config.api_version.is_none() => {
                 return Err(probe_v1(&http, &config.url).await);
             }
+            Err(RemoteError::Unavailable(m)) => {
+                return Err(RemoteError::Unavailable(format!(
+                    "{m}; check FIRECREST_URL ({})",
+                    config.url
+                )))
+            }
             Err(e) => return Err(e),
         };
         let is_v2 = detect::version_from_headers(&systems_reply.headers).is_some();
