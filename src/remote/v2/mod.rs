@@ -76,6 +76,8 @@ struct Inner {
     ids: IdMap,
     user: UserInfo,
     staging_ttl: Option<Duration>,
+    /// Sent with transfer jobs when the system's job directives need `{account}`.
+    account: Option<String>,
     parallelism: usize,
     op_deadline: Duration,
 }
@@ -222,6 +224,10 @@ impl V2Client {
             filesystems,
         };
         let system_name = system.name.clone();
+        let needs_account = data_op
+            .datatransfer_jobs_directives
+            .iter()
+            .any(|d| d.contains("{account}"));
 
         let user: UserInfo = http
             .send(&Call::api(
@@ -244,6 +250,11 @@ impl V2Client {
             ),
             None => (TimeZone::UTC, false),
         };
+        let account = if needs_account {
+            default_account(&user)
+        } else {
+            None
+        };
         let client = V2Client {
             inner: Arc::new(Inner {
                 ids: IdMap::from_userinfo(&user),
@@ -255,6 +266,7 @@ impl V2Client {
                 tz_configured,
                 user,
                 staging_ttl,
+                account,
                 parallelism: config.transfer_parallelism.max(1),
                 op_deadline: config.op_deadline,
             }),
@@ -532,7 +544,16 @@ impl V2Client {
         builder.into_inner().map_err(io)
     }
 
-    async fn submit_transfer(&self, call: Call) -> RemoteResult<TransferResponse> {
+    /// Submits a transfer job, adding `account` where the system needs one.
+    async fn submit_transfer(&self, mut call: Call) -> RemoteResult<TransferResponse> {
+        if let Some(account) = &self.inner.account {
+            match &mut call.body {
+                Body::Json(serde_json::Value::Object(map)) => {
+                    map.insert("account".into(), account.clone().into());
+                }
+                _ => call.query.push(("account", account.clone())),
+            }
+        }
         self.inner.http.send(&call).await?.json()
     }
 
@@ -645,6 +666,17 @@ impl V2Client {
         self.remove_job_logs(&job).await;
         result
     }
+}
+
+/// The default (else the first) account of `userinfo.accounts`.
+fn default_account(user: &UserInfo) -> Option<String> {
+    let accounts = user.accounts.as_ref()?.as_array()?;
+    let name = |a: &serde_json::Value| a.get("name").and_then(|n| n.as_str()).map(str::to_string);
+    accounts
+        .iter()
+        .find(|a| a.get("default").and_then(|d| d.as_bool()) == Some(true))
+        .and_then(name)
+        .or_else(|| accounts.first().and_then(name))
 }
 
 async fn probe_v1(http: &HttpClient, url: &str) -> RemoteError {
@@ -1000,6 +1032,21 @@ mod tests {
         assert!(check_path_chars("/home/u/a&b", false).is_ok());
         assert!(check_path_chars("/home/u/a&b", true).is_err());
         assert!(check_path_chars("/home/u/a\"b", true).is_err());
+    }
+
+    #[test]
+    fn default_account_from_userinfo() {
+        let info: UserInfo = serde_json::from_value(json!({
+            "user": {"id": "1", "name": "u"}, "group": {"id": "1", "name": "g"},
+            "accounts": [{"name": "a1", "default": false}, {"name": "a2", "default": true}]
+        }))
+        .unwrap();
+        assert_eq!(default_account(&info).as_deref(), Some("a2"));
+        let info: UserInfo = serde_json::from_value(json!({
+            "user": {"id": "1", "name": "u"}, "group": {"id": "1", "name": "g"}
+        }))
+        .unwrap();
+        assert_eq!(default_account(&info), None);
     }
 
     #[test]
