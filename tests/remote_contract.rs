@@ -623,3 +623,46 @@ async fn a_failed_staged_upload_is_an_error_and_leaves_the_local_file() {
     assert!(matches!(err, RemoteError::LocalIo(_)), "{err}");
     assert_eq!(server.stats().total_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_as_an_unprivileged_user() {
+    const USER: &str = "fireuser";
+    if !common::server::ensure_user(USER) {
+        eprintln!("SKIPPED suite_as_an_unprivileged_user: needs root to create user {USER}");
+        return;
+    }
+    let server = start(|c| c.as_user = Some(USER.into()));
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let uid: u32 = client.user().user.id.parse().unwrap();
+    let gid: u32 = client.user().group.id.parse().unwrap();
+    assert_ne!(uid, 0);
+    // The served root belongs to root: writing there is refused.
+    let root = root_of(&server);
+    assert!(matches!(
+        client.mkdir(&root.join("nope").unwrap()).await,
+        Err(RemoteError::PermissionDenied(_))
+    ));
+    let home_local = server.root().join(USER);
+    std::fs::create_dir(&home_local).unwrap();
+    std::os::unix::fs::chown(&home_local, Some(uid), Some(gid)).unwrap();
+    let home = root.join(USER).unwrap();
+    suite(&client, &home, false).await;
+    assert_no_job_logs(server.root());
+    // Archive members belong to the user, not to root.
+    client
+        .put_archive(
+            &home,
+            vec![ArchiveMember {
+                name: "owned".into(),
+                kind: ArchiveMemberKind::File(Bytes::from_static(b"o")),
+                perm: 0o644,
+                mtime: SystemTime::now(),
+            }],
+        )
+        .await
+        .unwrap();
+    let st = client.stat(&home.join("owned").unwrap()).await.unwrap();
+    assert_eq!((st.uid, st.gid), (uid, gid));
+}

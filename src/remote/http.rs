@@ -228,7 +228,8 @@ pub fn retry_delay(
         Outcome::Status(429) => true,
         // The remote command ran out of its (fixed) time: once more may help, five times not.
         Outcome::Status(408) => idempotent && attempt == 0,
-        Outcome::Status(s) if (500..600).contains(&s) => idempotent,
+        // 424: the server's SSH connection to the cluster failed.
+        Outcome::Status(s) if (500..600).contains(&s) || s == 424 => idempotent,
         Outcome::Status(_) => false,
     };
     if !retryable {
@@ -732,6 +733,7 @@ mod tests {
         let p = policy();
         for o in [
             Outcome::Status(500),
+            Outcome::Status(424),
             Outcome::Status(503),
             Outcome::Status(408),
             Outcome::TransportFailed,
