@@ -3,8 +3,8 @@
 //!
 //! Layout: this module owns the configuration, the listener, the router and the shared state
 //! plus the per-request middleware (stats, faults, latency, auth, `F7T-AppVersion`, one log
-//! line); `v2` the status and `ops/*` handlers; `transfer` the S3-like staging area and the
-//! transfer jobs; `token` the token endpoint; `faults` the fault plans and counters; `exec`
+//! line); `v2` the status and `ops/*` handlers; `transfer` the transfer jobs; `s3` the S3-like
+//! staging area; `token` the token endpoint; `faults` the fault plans and counters; `exec`
 //! the subprocess runner (as `--as-user`); `ls` the output parsers; `paths` the path rules.
 //!
 //! Public API for tests: [`ServeConfig`], [`spawn`], [`ServerHandle`].
@@ -13,6 +13,7 @@ mod exec;
 pub mod faults;
 mod ls;
 mod paths;
+mod s3;
 mod token;
 mod transfer;
 mod v2;
@@ -327,7 +328,7 @@ fn router(state: Shared) -> Router {
         .route("/status/liveness", get(v2::liveness))
         .route("/status/liveness/", get(v2::liveness))
         .route("/auth/token", post(token_endpoint))
-        .merge(transfer::s3_routes());
+        .merge(s3::s3_routes());
     let control = Router::new()
         .route("/_f7tfs/stats", get(stats_get).delete(stats_reset))
         .route("/_f7tfs/stats/reset", post(stats_reset))
