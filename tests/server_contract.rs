@@ -312,6 +312,7 @@ impl Replay {
     fn map(&self, s: &str) -> String {
         s.replace("/home/fireuser", &self.home)
             .replace("/home/", &format!("{}/", self.root))
+            .replace(":fireuser’", &format!(":{}’", self.id.group))
     }
 
     fn map_value(&self, v: &Value) -> Value {
@@ -320,7 +321,15 @@ impl Replay {
             Value::Array(a) => Value::Array(a.iter().map(|x| self.map_value(x)).collect()),
             Value::Object(o) => Value::Object(
                 o.iter()
-                    .map(|(k, x)| (k.clone(), self.map_value(x)))
+                    .map(|(k, x)| {
+                        // chown bodies name the recorded user and group.
+                        let mapped = match (k.as_str(), x.as_str()) {
+                            ("owner", Some("fireuser")) => json!(self.id.user),
+                            ("group", Some("fireuser")) => json!(self.id.group),
+                            _ => self.map_value(x),
+                        };
+                        (k.clone(), mapped)
+                    })
                     .collect(),
             ),
             other => other.clone(),
@@ -770,7 +779,8 @@ async fn replay_recorded_v2_samples() {
         id_of(None)
     };
     let root = srv.path(".");
-    let home = format!("{root}/fireuser");
+    // The recorded home /home/fireuser is ROOT/<served user> (the jobs' working directory).
+    let home = format!("{root}/{}", id.user);
     let files = build_fixture(Path::new(&home), &id, rooted);
     let mut r = Replay {
         client: srv.client(),
