@@ -1710,6 +1710,11 @@ async fn faults_latency_and_stats() {
         .await
         .expect("reset");
     assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["f7t-appversion"],
+        "2.x.x",
+        "the header is on every answer"
+    );
     assert_eq!(srv.stats().total_calls(), 0);
 }
 
