@@ -1319,6 +1319,27 @@ async fn nothing_outside_root_is_read_or_written() {
     );
     assert_eq!(tr("upload", json!({"path": p("d/out_dangling"), "transferDirectives": {"transferMethod": "s3", "fileSize": 3}})).await.expect("ul").status(), 400);
 
+    // A `..` after a link climbs from the link's target (kernel semantics), not lexically.
+    std::fs::create_dir_all(root.join("d2/b")).expect("mkdir");
+    std::os::unix::fs::symlink(&root, root.join("d2/b/up")).expect("link");
+    let escape_name = format!("f7tfs-escape-{}.txt", std::process::id());
+    std::os::unix::fs::symlink(format!("up/../{escape_name}"), root.join("d2/b/evil"))
+        .expect("link");
+    let f = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"pwned".to_vec()).file_name("evil"),
+    );
+    let r = c
+        .post(srv.ops("upload"))
+        .bearer_auth(&t)
+        .query(&[("path", p("d2/b"))])
+        .multipart(f)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 400, "write through up/../ refused");
+    let parent = root.parent().expect("parent").join(&escape_name);
+    assert!(!parent.exists(), "{} must not be created", parent.display());
     let mut left: Vec<String> = std::fs::read_dir(&out)
         .expect("read outside")
         .flatten()
