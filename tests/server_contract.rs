@@ -770,7 +770,7 @@ async fn replay_recorded_v2_samples() {
             cfg.as_user = Some(USER.to_string());
         }
         // Long enough that the first poll sees PENDING, as in the samples.
-        cfg.job_delay = Duration::from_millis(400);
+        cfg.job_delay = Duration::from_millis(1000);
         cfg.upload_poll_interval = Duration::from_millis(50);
     });
     let id = if rooted {
@@ -1457,7 +1457,7 @@ async fn create_upload(
 async fn s3_staging_area_behaves_like_s3() {
     let srv = TestServer::with(|cfg| {
         cfg.max_part_size = 1000;
-        cfg.s3_url_ttl = Duration::from_secs(2);
+        cfg.s3_url_ttl = Duration::from_secs(4);
         cfg.job_delay = Duration::ZERO;
     });
     let c = srv.client();
@@ -1626,7 +1626,7 @@ async fn s3_staging_area_behaves_like_s3() {
         .expect("range");
     assert_eq!(r.status(), 416);
     // URLs expire.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let r = c.get(&url).send().await.expect("get");
     assert_eq!(r.status(), 403);
     assert!(r.text().await.expect("xml").contains("Request has expired"));
