@@ -342,7 +342,15 @@ fn router(state: Shared) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_mw))
         .merge(control)
+        .layer(middleware::map_response(version_header))
         .with_state(state)
+}
+
+/// `F7T-AppVersion` on every answer, the control endpoints included.
+async fn version_header(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert("f7t-appversion", HeaderValue::from_static(APP_VERSION));
+    resp
 }
 
 async fn not_found() -> Response {
@@ -391,7 +399,7 @@ async fn common_mw(State(st): State<Shared>, req: Request, next: Next) -> Respon
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut resp = match fault {
+    let resp = match fault {
         Some(Fault::Drop) => {
             st.stats.fault(&key);
             st.stats.status(&key, "drop");
@@ -419,8 +427,6 @@ async fn common_mw(State(st): State<Shared>, req: Request, next: Next) -> Respon
             next.run(req).await
         }
     };
-    resp.headers_mut()
-        .insert("f7t-appversion", HeaderValue::from_static(APP_VERSION));
     st.stats.status(&key, resp.status().as_str());
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%method, endpoint, status = resp.status().as_u16(), ms, "request");

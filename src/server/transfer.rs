@@ -225,7 +225,7 @@ impl AppState {
         let refs: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
         match self
             .runner
-            .run_with(&refs, Input::Null, Sink::Capture(1 << 20), false)
+            .run_with(&refs, Input::Null, Sink::Discard, false)
             .await
         {
             Ok(o) => (o.status, o.stderr),
@@ -366,7 +366,7 @@ impl AppState {
                     OsStr::new(target),
                 ],
                 Input::Reader(Box::new(file)),
-                Sink::Capture(1 << 20),
+                Sink::Discard,
                 false,
             )
             .await;

@@ -676,7 +676,8 @@ pub(crate) async fn chmod(
     let path = st.target(Some(&req.path))?;
     st.quote_quirk(&[&path, &req.mode])?;
     st.confine(&path, true)?;
-    st.run_ok(&argv(&["chmod", &req.mode, "--", &path])).await?;
+    // `--` first: a mode or owner starting with `-` must not become an option.
+    st.run_ok(&argv(&["chmod", "--", &req.mode, &path])).await?;
     let entry = st.ls_entry(&path).await?;
     Ok(json_ok(StatusCode::OK, Output { output: entry }))
 }
@@ -697,7 +698,7 @@ pub(crate) async fn chown(
     } else {
         format!("{}:{}", req.owner, req.group)
     };
-    st.run_ok(&argv(&["chown", &spec, "--", &path])).await?;
+    st.run_ok(&argv(&["chown", "--", &spec, &path])).await?;
     let entry = st.ls_entry(&path).await?;
     Ok(json_ok(StatusCode::OK, Output { output: entry }))
 }
