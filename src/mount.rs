@@ -42,11 +42,6 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
             remote_cfg.system
         ));
     }
-    if remote_cfg.remote_timezone.is_none() {
-        if let Err(e) = rt.block_on(client.detect_timezone(&root)) {
-            tracing::debug!("time zone detection at the mount root: {e}");
-        }
-    }
     let user = client.user().clone();
     let ids =
         IdMap {

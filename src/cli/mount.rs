@@ -342,8 +342,86 @@ impl MountArgs {
 /// Runs `f7tfs mount`.
 pub fn run(args: MountArgs) -> Result<(), String> {
     crate::logging::init();
+    let foreground = args.foreground;
     let (remote, mount) = args.into_configs()?;
+    if !foreground {
+        return background(&mount);
+    }
     crate::mount::run(remote, mount)
+}
+
+/// Without `-f`: runs this same command with `-f` in a new session, logging to
+/// `~/.cache/f7tfs/logs/`, and returns once the mount is live (or with the child's error).
+fn background(mount: &MountConfig) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the f7tfs binary: {e}"))?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    argv.push("-f".into());
+    let logs = crate::config::default_cache_root().join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
+    let tag: String = mount
+        .mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let log_path = logs.join(format!("mount{tag}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create the log file {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot use the log file: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(argv)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log2)
+        .stderr(log);
+    // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the mount daemon: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if crate::mount::is_mounted(&mount.mountpoint) {
+            eprintln!(
+                "f7tfs: mounted at {} (pid {}, log {})",
+                mount.mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let line = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("f7tfs: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "the mount daemon exited ({status}); see {}",
+                        log_path.display()
+                    )
+                });
+            return Err(line);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the mount did not come up within 5 minutes; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]
