@@ -1157,3 +1157,28 @@ async fn delayed_small_files_of_a_directory_share_one_archive() {
     assert_eq!(r(&h).content(&path("x1")).unwrap(), b"1");
     assert_eq!(r(&h).content(&path("x2")).unwrap(), b"2");
 }
+
+#[tokio::test]
+async fn a_forgotten_inode_with_unsent_data_keeps_its_state() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let ino = write_new(&h, ROOT_INO, "waiting", b"12345").await;
+    h.fs.forget(ino, 1);
+    h.clock.advance(Duration::from_secs(30));
+    let e = found(&h, ROOT_INO, "waiting").await;
+    assert_eq!(
+        (e.attr.ino, e.attr.size),
+        (ino, 5),
+        "local state still wins"
+    );
+    assert!(r(&h).get(&path("waiting")).is_none());
+    h.clock.advance(Duration::from_secs(31));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("waiting")).unwrap(), b"12345");
+}

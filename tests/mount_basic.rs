@@ -216,3 +216,77 @@ fn sigterm_unmounts_and_exits_zero() {
     let status = m.unmount().expect("daemon exits");
     assert!(status.success(), "{status:?}\n{}", m.log());
 }
+
+#[test]
+fn without_f_it_backgrounds_and_returns_once_mounted() {
+    let srv = common::server::TestServer::start();
+    let mnt = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
+        .arg("mount")
+        .arg(format!("{}:{}", srv.system(), srv.root().display()))
+        .arg(mnt.path())
+        .arg("--staging-dir")
+        .arg(work.path().join("staging"))
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .args(["--rate-limit", "0"])
+        .env("XDG_CACHE_HOME", work.path())
+        .env("FIRECREST_URL", srv.url())
+        .env("FIRECREST_CLIENT_ID", "f7tfs")
+        .env("FIRECREST_CLIENT_SECRET", "f7tfs")
+        .env("AUTH_TOKEN_URL", srv.token_url())
+        .output()
+        .unwrap();
+    let mounted = is_mounted(mnt.path());
+    let guard = scopeguard(mnt.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mounted, "the command returned before the mount was live");
+    fs::write(mnt.path().join("bg.txt"), "daemon").unwrap();
+    assert_eq!(
+        fs::read_to_string(srv.root().join("bg.txt")).unwrap(),
+        "daemon"
+    );
+    drop(guard);
+    assert!(!is_mounted(mnt.path()));
+    // The daemon exits by itself after the unmount (its log says so).
+    let log = work.path().join("f7tfs/logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text: String = fs::read_dir(&log)
+            .unwrap()
+            .map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .collect();
+        if text.contains("unmounted") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not finish:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Unmounts `mp` on drop (lazily if needed), so a failed assertion leaves no mount behind.
+fn scopeguard(mp: &std::path::Path) -> impl Drop + '_ {
+    struct G<'a>(&'a std::path::Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let ok = Command::new("fusermount3").arg("-u").arg(self.0).status();
+                if !ok.is_ok_and(|s| s.success()) {
+                    let _ = Command::new("fusermount3")
+                        .args(["-u", "-z"])
+                        .arg(self.0)
+                        .status();
+                }
+            }
+        }
+    }
+    G(mp)
+}

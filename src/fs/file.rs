@@ -154,6 +154,8 @@ impl<R: RemoteFs> Filesystem<R> {
             && file.meta.lock().handles == 0
         {
             files.remove(&file.ino);
+            drop(files);
+            self.inodes.drop_unused(file.ino);
         }
     }
 

@@ -464,7 +464,8 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// `forget`: the kernel dropped `n` lookups.
     pub fn forget(&self, ino: InodeNo, n: u64) {
-        self.inodes.forget(ino, n);
+        let open = self.files.lock().contains_key(&ino);
+        self.inodes.forget(ino, n, open);
     }
 
     /// `getattr`.
