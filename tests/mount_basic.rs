@@ -290,3 +290,56 @@ fn scopeguard(mp: &std::path::Path) -> impl Drop + '_ {
     }
     G(mp)
 }
+
+/// Writes and closes explicitly, returning close()'s error (std's drop ignores it).
+fn write_and_close(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` was just released from the File and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+trait OrLog {
+    fn unwrap_err_or_log(self, m: &MountedFs) -> std::io::Error;
+}
+
+impl OrLog for std::io::Result<()> {
+    fn unwrap_err_or_log(self, m: &MountedFs) -> std::io::Error {
+        match self {
+            Err(e) => e,
+            Ok(()) => panic!(
+                "expected an error; remote has it: {}\n{}",
+                m.remote("refused.txt").exists(),
+                m.log()
+            ),
+        }
+    }
+}
+
+#[test]
+fn permission_denied_on_the_remote_is_eacces() {
+    const USER: &str = "fireuser";
+    if !common::server::ensure_user(USER) {
+        eprintln!("SKIPPED permission_denied_on_the_remote_is_eacces: needs root to create {USER}");
+        return;
+    }
+    let m = MountedFs::start_with(&[], |c| c.as_user = Some(USER.into()));
+    // A directory the server's user may not enter.
+    fs::create_dir(m.remote("secret")).unwrap();
+    fs::set_permissions(m.remote("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(m.remote("secret/inside"), "x").unwrap();
+    let err = fs::read_dir(m.p("secret")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    // The served root belongs to root: a new file there is refused when it is closed.
+    let err = write_and_close(&m.p("refused.txt"), b"data").unwrap_err_or_log(&m);
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(!m.remote("refused.txt").exists());
+    // mkdir is refused at once.
+    let err = fs::create_dir(m.p("nodir")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+}

@@ -510,12 +510,16 @@ impl<R: RemoteFs> Filesystem<R> {
     }
 
     /// `opendir`.
+    /// `opendir`: takes the listing now, so an unreadable directory fails here (as
+    /// opendir(3) does) and the first `readdir` costs nothing more.
     pub async fn opendir(&self, ino: InodeNo) -> FsResult<Opened> {
         let path = self.path_of(ino)?;
+        let entries = Arc::new(self.snapshot(&path).await?);
         let fh = self.handles.insert_dir(Arc::new(DirHandle {
             ino,
             path,
-            entries: tokio::sync::Mutex::new(None),
+            entries: tokio::sync::Mutex::new(Some(entries)),
+            read: std::sync::atomic::AtomicBool::new(false),
         }));
         Ok(Opened {
             fh,
@@ -531,8 +535,10 @@ impl<R: RemoteFs> Filesystem<R> {
         let dh = self.handles.dir(fh).ok_or(FsError::BadHandle(fh))?;
         let entries = {
             let mut guard = dh.entries.lock().await;
-            match (guard.as_ref(), offset) {
-                (Some(e), o) if o != 0 => e.clone(),
+            // Offset 0 after the first read is a rewinddir: take a fresh listing.
+            let rewind = offset == 0 && dh.read.swap(true, std::sync::atomic::Ordering::Relaxed);
+            match guard.as_ref() {
+                Some(e) if !rewind => e.clone(),
                 _ => {
                     let e = Arc::new(self.snapshot(&dh.path).await?);
                     *guard = Some(e.clone());
