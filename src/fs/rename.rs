@@ -44,10 +44,10 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
+        let src = self.resolve(&from).await?;
         if from == to {
             return Ok(());
         }
-        let src = self.resolve(&from).await?;
         if to.starts_with(&from) {
             return Err(FsError::InvalidArgument(format!("{from} into itself")));
         }
