@@ -11,14 +11,18 @@
 //! `list`/`stat` calls for one path are coalesced into one.
 //!
 //! Submodules: `inode` (inode table), `handle` (open files), `attr` (Stat → FileAttr),
-//! `file` (open/read/write/flush/release/setattr and the upload routes), `rename`.
+//! `file` (open/create/write/flush/release), `read` (small and ranged reads), `writeback`
+//! (upload routes, delayed batches), `setattr`, `rename`.
 //! Locks: see `handle` for the order; the maps here are `parking_lot` mutexes held briefly.
 
 pub mod attr;
 mod file;
 pub mod handle;
 pub mod inode;
+mod read;
 mod rename;
+mod setattr;
+mod writeback;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -37,9 +41,9 @@ use crate::remote::{DirEntry, FileKind, RemoteError, RemoteFs, RemotePath, Remot
 use crate::staging::{Leftover, StagingArea};
 
 pub use attr::IdMap;
-pub use file::SetAttr;
 use handle::{DirHandle, DirSnapEntry, HandleTable, OpenFile};
 pub use inode::{InodeNo, ROOT_INO};
+pub use setattr::SetAttr;
 
 /// Misses in one unlisted directory after which we list it instead of stat'ing.
 const LIST_AFTER_MISSES: u32 = 2;

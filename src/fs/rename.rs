@@ -17,8 +17,8 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use super::file::archive_refused;
 use super::handle::OpenFile;
+use super::writeback::archive_refused;
 use super::{Filesystem, InodeNo};
 use crate::cache::rebase;
 use crate::error::{FsError, FsResult};
