@@ -266,7 +266,8 @@ impl RemoteError {
     /// `None` when the text names no known cause.
     pub fn from_message(text: &str) -> Option<RemoteError> {
         let t = text.to_string();
-        let rules: [(&str, fn(String) -> RemoteError); 14] = [
+        type Rule = (&'static str, fn(String) -> RemoteError);
+        let rules: [Rule; 14] = [
             ("No such file or directory", RemoteError::NotFound),
             ("Permission denied", RemoteError::PermissionDenied),
             ("Operation not permitted", RemoteError::NotPermitted),
