@@ -770,7 +770,7 @@ async fn replay_recorded_v2_samples() {
             cfg.as_user = Some(USER.to_string());
         }
         // Long enough that the first poll sees PENDING, as in the samples.
-        cfg.job_delay = Duration::from_millis(400);
+        cfg.job_delay = Duration::from_millis(1000);
         cfg.upload_poll_interval = Duration::from_millis(50);
     });
     let id = if rooted {
@@ -1319,6 +1319,27 @@ async fn nothing_outside_root_is_read_or_written() {
     );
     assert_eq!(tr("upload", json!({"path": p("d/out_dangling"), "transferDirectives": {"transferMethod": "s3", "fileSize": 3}})).await.expect("ul").status(), 400);
 
+    // A `..` after a link climbs from the link's target (kernel semantics), not lexically.
+    std::fs::create_dir_all(root.join("d2/b")).expect("mkdir");
+    std::os::unix::fs::symlink(&root, root.join("d2/b/up")).expect("link");
+    let escape_name = format!("f7tfs-escape-{}.txt", std::process::id());
+    std::os::unix::fs::symlink(format!("up/../{escape_name}"), root.join("d2/b/evil"))
+        .expect("link");
+    let f = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"pwned".to_vec()).file_name("evil"),
+    );
+    let r = c
+        .post(srv.ops("upload"))
+        .bearer_auth(&t)
+        .query(&[("path", p("d2/b"))])
+        .multipart(f)
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 400, "write through up/../ refused");
+    let parent = root.parent().expect("parent").join(&escape_name);
+    assert!(!parent.exists(), "{} must not be created", parent.display());
     let mut left: Vec<String> = std::fs::read_dir(&out)
         .expect("read outside")
         .flatten()
@@ -1436,7 +1457,7 @@ async fn create_upload(
 async fn s3_staging_area_behaves_like_s3() {
     let srv = TestServer::with(|cfg| {
         cfg.max_part_size = 1000;
-        cfg.s3_url_ttl = Duration::from_secs(2);
+        cfg.s3_url_ttl = Duration::from_secs(4);
         cfg.job_delay = Duration::ZERO;
     });
     let c = srv.client();
@@ -1605,7 +1626,7 @@ async fn s3_staging_area_behaves_like_s3() {
         .expect("range");
     assert_eq!(r.status(), 416);
     // URLs expire.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     let r = c.get(&url).send().await.expect("get");
     assert_eq!(r.status(), 403);
     assert!(r.text().await.expect("xml").contains("Request has expired"));
