@@ -89,11 +89,23 @@ impl<R: RemoteFs> Filesystem<R> {
     /// after a longer pause.
     pub async fn writeback_tick(&self) {
         let now = self.cache.now();
+        // Files that are due, plus the queued files of the same directories that have waited
+        // at least half the delay (their utimens/chmod/rename have arrived by then): they
+        // would go out a moment later anyway, and together they need one archive.
+        let early = now + self.writeback_delay / 2;
         let due: Vec<Arc<OpenFile>> = {
             let mut q = self.writeback.lock();
+            let dir_of = |f: &Arc<OpenFile>| f.meta.lock().path.parent();
+            let due_dirs: std::collections::HashSet<Option<RemotePath>> = q
+                .values()
+                .filter(|(_, at)| *at <= now)
+                .map(|(f, _)| dir_of(f))
+                .collect();
             let ready: Vec<InodeNo> = q
                 .iter()
-                .filter(|(_, (_, at))| *at <= now)
+                .filter(|(_, (f, at))| {
+                    *at <= now || (*at <= early && due_dirs.contains(&dir_of(f)))
+                })
                 .map(|(ino, _)| *ino)
                 .collect();
             ready
