@@ -175,6 +175,17 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
     let stats = m.server().stats();
     assert_eq!(stats.calls("GET ops/ls"), 1, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
+    // `ls` (times from the listing) and the remote's own mtime agree.
+    let line = m.sh("ls -l --time-style=+%s many/file-0007.dat");
+    let ls_secs: u64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    let remote_secs = fs::metadata(m.remote("many/file-0007.dat"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(ls_secs, remote_secs, "{line}");
     let found = m.sh("find many -type f | wc -l");
     assert_eq!(found.trim(), "2000");
     m.sh("du -s many");
