@@ -149,6 +149,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 buf: Bytes::new(),
                 next: 0,
                 window: 0,
+                ahead: None,
             });
         }
         let Some(r) = guard.as_mut() else {
@@ -159,12 +160,33 @@ impl<R: RemoteFs> Filesystem<R> {
             return Ok(Bytes::new());
         }
         let end = (offset + size as u64).min(total);
-        let buf_end = r.buf_start + r.buf.len() as u64;
+        let mut buf_end = r.buf_start + r.buf.len() as u64;
+        // The background window covers this read: it becomes the buffer.
+        if !(offset >= r.buf_start && end <= buf_end) {
+            if let Some((start, _)) = &r.ahead {
+                let start = *start;
+                if offset >= start && offset < start + r.window.max(1) {
+                    if let Some((start, task)) = r.ahead.take() {
+                        match task.await {
+                            Ok(Ok(data)) => {
+                                r.buf_start = start;
+                                r.buf = data;
+                                buf_end = r.buf_start + r.buf.len() as u64;
+                            }
+                            Ok(Err(e)) => return Err(e.into()),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+        }
         if offset >= r.buf_start && end <= buf_end {
             r.next = end;
-            return Ok(r
+            let out = r
                 .buf
-                .slice((offset - r.buf_start) as usize..(end - r.buf_start) as usize));
+                .slice((offset - r.buf_start) as usize..(end - r.buf_start) as usize);
+            self.prefetch(r, buf_end);
+            return Ok(out);
         }
         // Sequential: right where the last read ended (or inside the window just fetched,
         // as the kernel's async reads may arrive slightly out of order).
@@ -178,28 +200,82 @@ impl<R: RemoteFs> Filesystem<R> {
             };
             r.window.max(end - offset)
         } else {
+            if let Some((_, task)) = r.ahead.take() {
+                task.abort();
+            }
             r.window = 0;
             end - offset
         };
         let fetch_end = (offset + want).min(total);
         let parts = if sequential { RANGES_IN_FLIGHT } else { 1 };
-        let part = (fetch_end - offset).div_ceil(parts).max(1);
-        let mut futs = Vec::new();
-        let mut at = offset;
-        while at < fetch_end {
-            let len = part.min(fetch_end - at);
-            futs.push(self.remote.read_range(&r.object, at, len));
-            at += len;
-        }
-        let chunks = futures_util::future::try_join_all(futs).await?;
-        let mut buf = Vec::with_capacity((fetch_end - offset) as usize);
-        for c in chunks {
-            buf.extend_from_slice(&c);
-        }
+        let data = fetch_ranges(
+            self.remote.clone(),
+            r.object.clone(),
+            offset,
+            fetch_end - offset,
+            parts,
+        )
+        .await?;
         r.buf_start = offset;
-        r.buf = Bytes::from(buf);
+        r.buf = data;
         r.next = end;
         let n = ((end - offset) as usize).min(r.buf.len());
-        Ok(r.buf.slice(0..n))
+        let out = r.buf.slice(0..n);
+        if sequential {
+            let buf_end = r.buf_start + r.buf.len() as u64;
+            self.prefetch(r, buf_end);
+        }
+        Ok(out)
     }
+
+    /// A sequential reader past half of its buffer gets the next window fetched in the
+    /// background, so the link stays busy while the application consumes.
+    fn prefetch(&self, r: &mut LargeReader, buf_end: u64) {
+        let total = r.object.size;
+        if r.window == 0 || r.ahead.is_some() || buf_end >= total {
+            return;
+        }
+        let consumed = r.next.saturating_sub(r.buf_start);
+        if consumed * 2 < r.buf.len() as u64 {
+            return;
+        }
+        r.window = (r.window * 2).min(READAHEAD_MAX);
+        let len = r.window.min(total - buf_end);
+        let task = tokio::spawn(fetch_ranges(
+            self.remote.clone(),
+            r.object.clone(),
+            buf_end,
+            len,
+            RANGES_IN_FLIGHT,
+        ));
+        r.ahead = Some((buf_end, task));
+    }
+}
+
+/// `len` bytes at `offset` of a staged object, as `parts` ranged reads in flight at once.
+async fn fetch_ranges<R: RemoteFs>(
+    remote: std::sync::Arc<R>,
+    object: StagedObject,
+    offset: u64,
+    len: u64,
+    parts: u64,
+) -> crate::remote::RemoteResult<Bytes> {
+    let part = len.div_ceil(parts.max(1)).max(1);
+    let mut futs = Vec::new();
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let n = part.min(end - at);
+        futs.push(remote.read_range(&object, at, n));
+        at += n;
+    }
+    let chunks = futures_util::future::try_join_all(futs).await?;
+    if chunks.len() == 1 {
+        return Ok(chunks.into_iter().next().unwrap_or_default());
+    }
+    let mut buf = Vec::with_capacity(len as usize);
+    for c in chunks {
+        buf.extend_from_slice(&c);
+    }
+    Ok(Bytes::from(buf))
 }
