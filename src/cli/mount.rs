@@ -17,7 +17,8 @@ pub struct MountArgs {
     pub source: String,
     /// Where to mount it (an existing directory).
     pub mountpoint: PathBuf,
-    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts).
+    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts). Without it the mount runs
+    /// in the background, logging to ~/.cache/f7tfs/logs/.
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
