@@ -354,3 +354,31 @@ fn permission_denied_on_the_remote_is_eacces() {
     let err = fs::create_dir(m.p("nodir")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
 }
+
+#[test]
+fn a_failed_upload_is_the_error_of_close_and_the_bytes_stay_staged() {
+    let mut m = MountedFs::start();
+    // Every upload fails (after the client's retries), so close() must report it.
+    m.server().set_faults(&["ops/upload:500=1.0"]);
+    let err = write_and_close(&m.p("precious.txt"), b"keep me").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(!m.remote("precious.txt").exists());
+    let manifests: Vec<String> = fs::read_dir(m.staging_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert!(manifests[0].contains("precious.txt") && manifests[0].contains("failed"));
+    // Inside the mount the data is still readable (read-your-writes).
+    assert_eq!(fs::read_to_string(m.p("precious.txt")).unwrap(), "keep me");
+    // Once the server works again, unmount sends it.
+    m.server().set_faults(&[]);
+    let status = m.unmount().expect("daemon exits");
+    assert!(status.success());
+    assert_eq!(
+        fs::read_to_string(m.remote("precious.txt")).unwrap(),
+        "keep me"
+    );
+}
