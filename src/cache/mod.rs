@@ -204,6 +204,24 @@ impl MetadataCache {
         Some(out)
     }
 
+    /// The last listing of `dir` even if expired, with whatever attributes are still known
+    /// (served while the remote is unreachable).
+    pub fn listing_stale(&self, dir: &RemotePath) -> Option<Vec<DirEntry>> {
+        let inner = self.inner.lock();
+        let l = inner.dirs.get(dir)?;
+        let mut out = Vec::with_capacity(l.names.len());
+        for name in &l.names {
+            let path = dir.join(name).ok()?;
+            let e = inner.attrs.get(&path)?;
+            out.push(DirEntry {
+                name: name.clone(),
+                stat: e.attr.stat.clone(),
+                link_target: e.attr.link_target.clone(),
+            });
+        }
+        Some(out)
+    }
+
     /// Whether a fresh listing says `dir` has no entries (`None`: unknown).
     pub fn is_empty_dir(&self, dir: &RemotePath) -> Option<bool> {
         let now = self.clock.now();

@@ -3,6 +3,7 @@
 //! `main()` runs the chosen subcommand and turns a failure into one line on stderr + exit code.
 
 pub mod mount;
+pub mod recover;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ pub enum Command {
     Mount(Box<mount::MountArgs>),
     /// Serve the FirecREST v2 API over a local directory (for tests, demos and benchmarks).
     Serve(Box<serve::ServeArgs>),
+    /// List, upload (or --discard) staged writes an earlier mount could not send.
+    Recover(Box<recover::RecoverArgs>),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -29,6 +32,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Mount(args) => mount::run(*args),
         Command::Serve(args) => serve::run(*args),
+        Command::Recover(args) => recover::run(*args),
     };
     match result {
         Ok(()) => 0,

@@ -23,7 +23,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N, max_requests=N, timeout=S, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
     /// accepted and ignored).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -62,6 +62,10 @@ pub struct MountArgs {
     /// Concurrent HTTP requests at most.
     #[arg(long)]
     pub max_requests: Option<usize>,
+    /// Seconds a file operation may wait for FirecREST (retries included) before it fails
+    /// with EIO (default 120; also bounds each HTTP request).
+    #[arg(long)]
+    pub timeout: Option<f64>,
     /// FirecREST API version (only v2 is implemented).
     #[arg(long)]
     pub api_version: Option<String>,
@@ -194,7 +198,14 @@ impl MountArgs {
                             .map_err(|_| "max_requests must be a number".to_string())?,
                     )
                 }
-                "rate_limit" | "max_requests" => {}
+                "timeout" if self.timeout.is_none() => {
+                    self.timeout = Some(
+                        need(val)?
+                            .parse()
+                            .map_err(|_| "timeout must be seconds".to_string())?,
+                    )
+                }
+                "rate_limit" | "max_requests" | "timeout" => {}
                 "max_in_flight" => {
                     mount.max_in_flight_ops = need(val)?
                         .parse()
@@ -332,6 +343,14 @@ impl MountArgs {
         remote.remote_timezone = self.remote_timezone.clone();
         if let Some(r) = self.rate_limit {
             remote.rate_per_minute = r;
+        }
+        if let Some(t) = self.timeout {
+            let t = secs(t, "--timeout")?;
+            if t < Duration::from_secs(1) {
+                return Err("--timeout must be at least 1 second".into());
+            }
+            remote.op_deadline = t;
+            remote.call_timeout = remote.call_timeout.min(t);
         }
         if let Some(n) = self.max_requests {
             if n == 0 {

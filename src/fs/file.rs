@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::handle::{FileMeta, Handle, OpenFile};
+use super::writeback::UPLOAD_RETRY_PAUSE;
 use super::{attr, whole_seconds, Created, Entry, Filesystem, InodeNo, Opened};
 use crate::error::{FsError, FsResult};
 use crate::remote::{FileKind, RemoteFs, RemotePath, Stat};
-use crate::staging::{StagedFile, StagedState};
+use crate::staging::{BaseVersion, StagedFile, StagedState};
 
 impl<R: RemoteFs> Filesystem<R> {
     /// The shared state of `ino`, created if needed, with one more handle counted.
@@ -125,6 +126,11 @@ impl<R: RemoteFs> Filesystem<R> {
             first
         };
         if first {
+            let (new, base) = {
+                let m = file.meta.lock();
+                (m.new, m.base.clone())
+            };
+            sf.set_base((!new).then(|| BaseVersion::of(base.size, base.mtime)));
             sf.write_manifest(StagedState::Dirty, "", None, false)?;
         }
         self.opened_versions.lock().remove(&file.ino);
@@ -290,6 +296,15 @@ impl<R: RemoteFs> Filesystem<R> {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
         let result = self.write_back(&h.file).await;
+        if result.is_err() && h.file.meta.lock().handles <= 1 {
+            // Nobody else will send it: retried in the background until the remote takes it
+            // (or at unmount); the staged copy and its manifest stay meanwhile.
+            let due = self.cache.now() + UPLOAD_RETRY_PAUSE;
+            self.writeback
+                .lock()
+                .entry(h.file.ino)
+                .or_insert((h.file.clone(), due));
+        }
         self.release_file(&h.file).await;
         result
     }

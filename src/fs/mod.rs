@@ -143,7 +143,15 @@ pub struct Filesystem<R: RemoteFs> {
     writeback: Mutex<HashMap<InodeNo, (Arc<OpenFile>, std::time::Instant)>>,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
+    /// Until when the remote counts as unreachable: metadata answers come from the (stale)
+    /// cache without asking it again (see `OFFLINE_GRACE`).
+    offline_until: Mutex<Option<std::time::Instant>>,
 }
+
+/// After a transient failure (unreachable, overloaded, deadline passed), metadata of paths
+/// the cache knows is served stale for this long without asking the remote; then the next
+/// call probes it again. A success ends it at once.
+pub const OFFLINE_GRACE: Duration = Duration::from_secs(5);
 
 /// Checks a name the kernel hands us: UTF-8, one component, nothing FirecREST cannot carry
 /// (API.md section 3: `'` breaks the remote shell command; control characters and newlines
@@ -225,6 +233,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 frsize: bsize as u32,
             },
             leftovers,
+            offline_until: Mutex::new(None),
         })
     }
 
@@ -298,8 +307,40 @@ impl<R: RemoteFs> Filesystem<R> {
         }
     }
 
-    /// `list` of `dir`, coalesced with concurrent identical calls; fills the cache.
+    /// Whether the remote failed transiently within the last `OFFLINE_GRACE`.
+    fn remote_offline(&self) -> bool {
+        self.offline_until
+            .lock()
+            .is_some_and(|until| self.cache.now() < until)
+    }
+
+    /// Records how the last metadata call went (a transient failure starts the grace).
+    fn note_remote(&self, err: Option<&RemoteError>) {
+        match err {
+            None => *self.offline_until.lock() = None,
+            Some(e) if e.is_transient() => {
+                let mut until = self.offline_until.lock();
+                if until.is_none_or(|u| u <= self.cache.now()) {
+                    tracing::warn!(
+                        "FirecREST is unreachable ({e}); cached metadata is served stale for \
+                         {} s before the next try",
+                        OFFLINE_GRACE.as_secs()
+                    );
+                }
+                *until = Some(self.cache.now() + OFFLINE_GRACE);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `list` of `dir`, coalesced with concurrent identical calls; fills the cache. While
+    /// the remote is unreachable, the last listing is served (stale).
     async fn list_dir(&self, dir: &RemotePath) -> FsResult<Vec<DirEntry>> {
+        if self.remote_offline() {
+            if let Some(entries) = self.cache.listing_stale(dir) {
+                return Ok(entries);
+            }
+        }
         let flight = {
             let mut flights = self.list_flights.lock();
             match flights.get(dir) {
@@ -317,11 +358,19 @@ impl<R: RemoteFs> Filesystem<R> {
         self.list_flights.lock().remove(dir);
         match result {
             Ok(entries) => {
+                self.note_remote(None);
                 self.cache.put_listing(dir, &entries);
                 self.misses.lock().remove(dir);
                 Ok(entries)
             }
             Err(e) => {
+                self.note_remote(Some(&e));
+                if e.is_transient() {
+                    if let Some(entries) = self.cache.listing_stale(dir) {
+                        tracing::debug!(%dir, "remote unreachable: stale listing served");
+                        return Ok(entries);
+                    }
+                }
                 if matches!(e, RemoteError::NotFound(_)) {
                     self.cache.put_negative(dir);
                 }
@@ -332,6 +381,11 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// `stat` of `path`, coalesced; fills the cache (negative on ENOENT).
     async fn stat_path(&self, path: &RemotePath) -> FsResult<Stat> {
+        if self.remote_offline() {
+            if let Some(a) = self.cache.attr_stale(path) {
+                return Ok(a.stat);
+            }
+        }
         let flight = {
             let mut flights = self.stat_flights.lock();
             match flights.get(path) {
@@ -349,14 +403,25 @@ impl<R: RemoteFs> Filesystem<R> {
         self.stat_flights.lock().remove(path);
         match result {
             Ok(stat) => {
+                self.note_remote(None);
                 self.cache.put_attr(path, stat.clone(), None);
                 Ok(stat)
             }
             Err(RemoteError::NotFound(m)) => {
+                self.note_remote(None);
                 self.cache.put_negative(path);
                 Err(FsError::NotFound(m))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.note_remote(Some(&e));
+                if e.is_transient() {
+                    if let Some(a) = self.cache.attr_stale(path) {
+                        tracing::debug!(%path, "remote unreachable: stale attributes served");
+                        return Ok(a.stat);
+                    }
+                }
+                Err(e.into())
+            }
         }
     }
 

@@ -22,7 +22,8 @@
 //! files of one directory go out together in one archive. Inside the mount the file is
 //! visible at once (close-to-open holds for other openers); the remote sees it after the
 //! delay; fsync and unmount never wait for it; a failed delayed upload stays staged and is
-//! retried.
+//! retried. A closed file whose upload failed (close() returned the error) joins the same
+//! queue: it is retried every `UPLOAD_RETRY_PAUSE` until the remote takes it, or at unmount.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -40,6 +41,8 @@ use crate::staging::{StagedFile, StagedState};
 pub(super) const ARCHIVE_OVERHEAD: u64 = 4096;
 /// Batches of delayed uploads sent at once.
 const WRITEBACK_PARALLEL: usize = 4;
+/// Pause before a failed upload of a closed file is tried again in the background.
+pub(super) const UPLOAD_RETRY_PAUSE: Duration = Duration::from_secs(10);
 
 /// Whether the archive route was refused in a way a plain call may work around (not a
 /// transient failure, not quota or permissions).
@@ -150,7 +153,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     match self.upload(&files[0], false).await {
                         Ok(()) => Vec::new(),
                         Err(e) => {
-                            tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
+                            tracing::warn!("background upload failed, retrying in 10 s: {e}");
                             files.clone()
                         }
                     }
@@ -158,7 +161,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     self.upload_batch(&dir, &files).await
                 };
                 for f in &failed {
-                    let retry = self.cache.now() + Duration::from_secs(30);
+                    let retry = self.cache.now() + UPLOAD_RETRY_PAUSE;
                     self.writeback.lock().insert(f.ino, (f.clone(), retry));
                 }
                 for f in &files {
@@ -244,7 +247,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 let mut failed = Vec::new();
                 for (i, ..) in included {
                     if let Err(e) = self.upload(&files[i], false).await {
-                        tracing::warn!("delayed upload failed, retrying in 30 s: {e}");
+                        tracing::warn!("background upload failed, retrying in 10 s: {e}");
                         failed.push(files[i].clone());
                     }
                 }

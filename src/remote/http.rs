@@ -467,8 +467,10 @@ impl HttpClient {
         let deadline = call.deadline.unwrap_or(self.op_deadline);
         match tokio::time::timeout(deadline, self.send_with_retries(call)).await {
             Ok(r) => r,
-            Err(_) => Err(RemoteError::Timeout(format!(
-                "{} did not finish within {} s",
+            // Unavailable, not Timeout: the file operation fails with EIO (the remote is
+            // unreachable or stuck), as the mount documents.
+            Err(_) => Err(RemoteError::Unavailable(format!(
+                "{} did not finish within {} s (FirecREST unreachable or overloaded)",
                 call.describe(),
                 deadline.as_secs()
             ))),
@@ -681,7 +683,7 @@ fn transport_failure(
     } else if e.is_timeout() {
         (
             Outcome::TransportFailed,
-            Err(RemoteError::Timeout(format!(
+            Err(RemoteError::Unavailable(format!(
                 "{context}: no answer in time"
             ))),
             None,

@@ -45,6 +45,28 @@ pub struct Manifest {
     pub cause: Option<String>,
     /// Name of the data file in the staging dir.
     pub data_file: String,
+    /// The remote file when the write began (`None`: it did not exist); `f7tfs recover`
+    /// refuses to overwrite a remote file that no longer matches it.
+    #[serde(default)]
+    pub base: Option<BaseVersion>,
+}
+
+/// Size and mtime (whole seconds since the epoch) of the remote file a write started from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseVersion {
+    pub size: u64,
+    pub mtime: i64,
+}
+
+impl BaseVersion {
+    /// The version of a remote file with `size` and `mtime`.
+    pub fn of(size: u64, mtime: SystemTime) -> Self {
+        let mtime = match mtime.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        };
+        BaseVersion { size, mtime }
+    }
 }
 
 /// A manifest found at startup and where its data lives.
@@ -124,6 +146,7 @@ impl StagingArea {
             data_file: format!("{id}.data"),
             file,
             remote: remote.clone(),
+            base: parking_lot::Mutex::new(None),
         })
     }
 }
@@ -136,6 +159,8 @@ pub struct StagedFile {
     data_file: String,
     file: File,
     remote: RemotePath,
+    /// What the remote held when the unsent changes began (see `Manifest::base`).
+    base: parking_lot::Mutex<Option<BaseVersion>>,
 }
 
 impl StagedFile {
@@ -157,6 +182,11 @@ impl StagedFile {
     /// Retargets the staged file (local rename before its upload).
     pub fn set_remote(&mut self, remote: RemotePath) {
         self.remote = remote;
+    }
+
+    /// Records what the remote held when the unsent changes began (`None`: nothing).
+    pub fn set_base(&self, base: Option<BaseVersion>) {
+        *self.base.lock() = base;
     }
 
     /// Current length.
@@ -237,6 +267,7 @@ impl StagedFile {
             state,
             cause,
             data_file: self.data_file.clone(),
+            base: *self.base.lock(),
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
         let tmp = self.manifest_path.with_extension("json.tmp");

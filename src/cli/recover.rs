@@ -1,0 +1,303 @@
+//! `f7tfs recover`: lists the staged writes an earlier mount left behind (its upload failed,
+//! or the daemon died with dirty files), uploads them, or discards them.
+//!
+//! A staged write is only sent when the remote file still is what the write started from
+//! (size and mtime recorded in the manifest when the file was first changed; a file created
+//! by the mount must still be absent); otherwise it is refused unless `--force`. The data is
+//! removed from staging only once the remote confirmed it at the staged size.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Parser;
+
+use crate::config::RemoteConfig;
+use crate::remote::v2::V2Client;
+use crate::remote::{RemoteError, RemoteFs, RemotePath, Stat};
+use crate::staging::{BaseVersion, Leftover, StagingArea};
+
+/// Remote mtimes within this of the recorded one count as unchanged (the recorded mtime of a
+/// file the mount uploaded itself is the mount's clock, the remote's may be a second off).
+const MTIME_SLACK_SECS: i64 = 2;
+
+/// List, upload or discard staged writes an earlier mount could not send.
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    /// System the staged files belong to (needed to upload; without it they are listed).
+    pub system: Option<String>,
+    /// Staging directory of the mount (default ~/.cache/f7tfs/staging).
+    #[arg(long)]
+    pub staging_dir: Option<PathBuf>,
+    /// Only list the staged writes.
+    #[arg(long, conflicts_with_all = ["discard", "force"])]
+    pub list: bool,
+    /// Delete the staged writes instead of uploading them.
+    #[arg(long)]
+    pub discard: bool,
+    /// Upload even when the remote file changed since the write began.
+    #[arg(long)]
+    pub force: bool,
+    /// FirecREST base URL.
+    #[arg(long, env = "FIRECREST_URL")]
+    pub url: Option<String>,
+    /// OIDC client id.
+    #[arg(long, env = "FIRECREST_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// File holding the OIDC client secret (else $FIRECREST_CLIENT_SECRET).
+    #[arg(long)]
+    pub client_secret_file: Option<PathBuf>,
+    /// OIDC token endpoint.
+    #[arg(long, env = "AUTH_TOKEN_URL")]
+    pub token_url: Option<String>,
+    /// A command printing an access token (instead of client credentials).
+    #[arg(long, env = "FIRECREST_TOKEN_COMMAND")]
+    pub token_command: Option<String>,
+    /// A file holding an access token (instead of client credentials).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// What `recover` did with one staged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Uploaded and confirmed; removed from staging.
+    Uploaded,
+    /// The remote changed since the write began; kept (use `--force`).
+    Conflict(String),
+    /// The upload failed; kept.
+    Failed(String),
+}
+
+/// The connection settings of these arguments, through `f7tfs mount`'s own parsing (same
+/// environment variables, same config handling).
+fn remote_config(args: &RecoverArgs, system: &str) -> Result<RemoteConfig, String> {
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        m: super::mount::MountArgs,
+    }
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "f7tfs-recover".into(),
+        format!("{system}:/").into(),
+        "/".into(),
+    ];
+    let mut flag = |name: &str, v: Option<std::ffi::OsString>| {
+        if let Some(v) = v {
+            argv.push(name.into());
+            argv.push(v);
+        }
+    };
+    flag("--url", args.url.clone().map(Into::into));
+    flag("--client-id", args.client_id.clone().map(Into::into));
+    flag(
+        "--client-secret-file",
+        args.client_secret_file.clone().map(Into::into),
+    );
+    flag("--token-url", args.token_url.clone().map(Into::into));
+    flag(
+        "--token-command",
+        args.token_command.clone().map(Into::into),
+    );
+    flag("--token-file", args.token_file.clone().map(Into::into));
+    let parsed = P::try_parse_from(argv).map_err(|e| e.to_string())?;
+    Ok(parsed.m.into_configs()?.0)
+}
+
+fn describe(l: &Leftover) -> String {
+    let m = &l.manifest;
+    let size = std::fs::metadata(&l.data_path).map_or(m.size, |md| md.len());
+    let age = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(m.time);
+    format!(
+        "{} ({} bytes, {:?}, {} s ago{}) in {}",
+        m.remote_path,
+        size,
+        m.state,
+        age,
+        m.cause
+            .as_deref()
+            .map(|c| format!(", cause: {c}"))
+            .unwrap_or_default(),
+        l.data_path.display()
+    )
+}
+
+/// Whether the remote file (`None`: absent) is still what the staged write started from.
+pub fn unchanged(base: Option<BaseVersion>, remote: Option<&Stat>) -> Result<(), String> {
+    match (base, remote) {
+        (None, None) => Ok(()),
+        (None, Some(s)) => Err(format!(
+            "it was created by the mount, but the remote now has a file there ({} bytes)",
+            s.size
+        )),
+        (Some(b), None) => Err(format!(
+            "the remote file ({} bytes when the write began) was removed since",
+            b.size
+        )),
+        (Some(b), Some(s)) => {
+            let now = BaseVersion::of(s.size, s.mtime);
+            if now.size == b.size && (now.mtime - b.mtime).abs() <= MTIME_SLACK_SECS {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the remote file changed since the write began (size {} → {}, mtime {} → {})",
+                    b.size, now.size, b.mtime, now.mtime
+                ))
+            }
+        }
+    }
+}
+
+/// Sends one staged write to `remote` (see the module docs); removes it from staging once
+/// the remote holds it.
+pub async fn recover_one<R: RemoteFs>(remote: &R, l: &Leftover, force: bool) -> Outcome {
+    let path = match RemotePath::new(&l.manifest.remote_path) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let current = match remote.stat(&path).await {
+        Ok(s) => Some(s),
+        Err(RemoteError::NotFound(_)) => None,
+        Err(e) => return Outcome::Failed(format!("cannot stat the remote file: {e}")),
+    };
+    if !force {
+        if let Err(why) = unchanged(l.manifest.base, current.as_ref()) {
+            return Outcome::Conflict(why);
+        }
+    }
+    let size = match std::fs::metadata(&l.data_path) {
+        Ok(m) => m.len(),
+        Err(e) => return Outcome::Failed(format!("cannot read the staged data: {e}")),
+    };
+    let sent = if size <= remote.capabilities().direct_upload_limit && size > 0 {
+        match std::fs::read(&l.data_path) {
+            Ok(data) => remote.upload(&path, Bytes::from(data)).await,
+            Err(e) => return Outcome::Failed(format!("cannot read the staged data: {e}")),
+        }
+    } else if size == 0 {
+        // The direct route cannot send an empty file; the archive route can.
+        match path.parent() {
+            Some(dir) => {
+                remote
+                    .put_archive(
+                        &dir,
+                        vec![crate::remote::ArchiveMember {
+                            name: path.file_name().to_string(),
+                            kind: crate::remote::ArchiveMemberKind::File(Bytes::new()),
+                            perm: current.as_ref().map_or(0o644, |s| s.perm),
+                            mtime: SystemTime::now(),
+                        }],
+                    )
+                    .await
+            }
+            None => return Outcome::Failed("cannot write the root".into()),
+        }
+    } else {
+        remote.upload_large(&path, &l.data_path, size, None).await
+    };
+    if let Err(e) = sent {
+        return Outcome::Failed(e.to_string());
+    }
+    match remote.stat(&path).await {
+        Ok(s) if s.size == size => {}
+        Ok(s) => {
+            return Outcome::Failed(format!(
+                "the remote holds {} bytes after the upload, not {size}",
+                s.size
+            ))
+        }
+        Err(e) => return Outcome::Failed(format!("cannot confirm the upload: {e}")),
+    }
+    let _ = std::fs::remove_file(&l.manifest_path);
+    let _ = std::fs::remove_file(&l.data_path);
+    Outcome::Uploaded
+}
+
+/// Runs `f7tfs recover`.
+pub fn run(args: RecoverArgs) -> Result<(), String> {
+    crate::logging::init();
+    let dir = args
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| crate::config::StagingConfig::default().dir);
+    if !dir.is_dir() {
+        println!("nothing to recover: {} does not exist", dir.display());
+        return Ok(());
+    }
+    let area = StagingArea::new(&dir)
+        .map_err(|e| format!("cannot open the staging dir {}: {e}", dir.display()))?;
+    let leftovers = area
+        .leftovers()
+        .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
+    if leftovers.is_empty() {
+        println!("nothing to recover in {}", dir.display());
+        return Ok(());
+    }
+    if args.discard {
+        for l in &leftovers {
+            let _ = std::fs::remove_file(&l.manifest_path);
+            let _ = std::fs::remove_file(&l.data_path);
+            println!("discarded {}", l.manifest.remote_path);
+        }
+        return Ok(());
+    }
+    let system = match (&args.system, args.list) {
+        (Some(s), false) => s.clone(),
+        _ => {
+            println!("{} staged write(s) in {}:", leftovers.len(), dir.display());
+            for l in &leftovers {
+                println!("  {}", describe(l));
+            }
+            if !args.list {
+                println!(
+                    "upload them with `f7tfs recover SYSTEM`, or delete them with \
+                     `f7tfs recover --discard`"
+                );
+            }
+            return Ok(());
+        }
+    };
+    let cfg = remote_config(&args, &system)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let client = rt
+        .block_on(V2Client::connect(&cfg))
+        .map_err(|e| format!("cannot connect to {} (system {system}): {e}", cfg.url))?;
+    let mut kept = 0;
+    for l in &leftovers {
+        let outcome = rt.block_on(recover_one(&client, l, args.force));
+        match &outcome {
+            Outcome::Uploaded => println!("uploaded {}", l.manifest.remote_path),
+            Outcome::Conflict(why) => {
+                kept += 1;
+                println!(
+                    "refused {}: {why}; kept in {} (--force uploads it anyway)",
+                    l.manifest.remote_path,
+                    l.data_path.display()
+                )
+            }
+            Outcome::Failed(why) => {
+                kept += 1;
+                println!(
+                    "failed {}: {why}; kept in {}",
+                    l.manifest.remote_path,
+                    l.data_path.display()
+                )
+            }
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if kept > 0 {
+        return Err(format!(
+            "{kept} staged write(s) were not uploaded and stay in {}",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
