@@ -92,6 +92,9 @@ fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
     match e {
         // The client's own texts already name the fix (which variable to check).
         RemoteError::Unauthorized(m) => format!("authentication failed: {m}"),
+        RemoteError::Unavailable(m) if m.contains("token endpoint") => {
+            format!("authentication failed: {m}")
+        }
         RemoteError::InvalidArgument(m) | RemoteError::Unsupported(m) => m,
         RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
             "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",

@@ -24,6 +24,8 @@ pub struct MountedFs {
     mnt: tempfile::TempDir,
     work: tempfile::TempDir,
     log: PathBuf,
+    /// Extra `f7tfs mount` arguments (for `remount`).
+    args: Vec<String>,
     // Dropped last: the server outlives the mount.
     server: TestServer,
 }
@@ -71,22 +73,46 @@ impl MountedFs {
             .tempdir()
             .expect("work dir");
         let log = work.path().join("daemon.log");
-        let source = format!("{}:{}", server.system(), server.root().display());
         // A local test server needs no client-side rate limit unless a test sets one.
-        let mut args: Vec<&str> = args.to_vec();
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--rate-limit")) {
-            args.extend(["--rate-limit", "0"]);
+            args.extend(["--rate-limit".to_string(), "0".to_string()]);
         }
+        let mut me = MountedFs {
+            child: None,
+            watchdog: None,
+            mnt,
+            work,
+            log,
+            args,
+            server,
+        };
+        me.spawn_daemon();
+        me.wait_live();
+        me.start_watchdog();
+        me
+    }
+
+    fn spawn_daemon(&mut self) {
+        let server = &self.server;
+        let work = self.work.path();
+        let source = format!("{}:{}", server.system(), server.root().display());
+        // Appends: a remount keeps the earlier run's log above its own.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
             .arg("mount")
             .arg("-f")
             .arg(&source)
-            .arg(mnt.path())
+            .arg(self.mnt.path())
             .arg("--staging-dir")
-            .arg(work.path().join("staging"))
+            .arg(work.join("staging"))
             .arg("--cache-dir")
-            .arg(work.path().join("cache"))
-            .args(&args)
+            .arg(work.join("cache"))
+            .args(&self.args)
             .env("FIRECREST_URL", server.url())
             .env("FIRECREST_CLIENT_ID", "f7tfs")
             .env("FIRECREST_CLIENT_SECRET", "f7tfs")
@@ -98,21 +124,55 @@ impl MountedFs {
             )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(File::create(work.path().join("daemon.out")).expect("stdout file"))
-            .stderr(File::create(&log).expect("log file"))
+            .stdout(File::create(work.join("daemon.out")).expect("stdout file"))
+            .stderr(log)
             .spawn()
             .expect("start f7tfs mount");
-        let mut me = MountedFs {
-            child: Some(child),
-            watchdog: None,
-            mnt,
-            work,
-            log,
-            server,
-        };
-        me.wait_live();
-        me.start_watchdog();
-        me
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs the daemon (dirty files stay staged) and lazily unmounts the dead mount.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        fusermount(&["-u", "-z"], self.mnt.path());
+        if let Some((tx, handle)) = self.watchdog.take() {
+            let _ = tx.send(());
+            let _ = handle.join();
+        }
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = self.child.as_ref() {
+            // SAFETY: plain kill(2) of our own child process.
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the daemon to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(s))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the daemon again (same server, mount point, staging dir and arguments).
+    pub fn remount(&mut self) {
+        assert!(self.child.is_none(), "remount while the daemon runs");
+        self.spawn_daemon();
+        self.wait_live();
+        self.start_watchdog();
     }
 
     fn wait_live(&mut self) {
@@ -188,6 +248,21 @@ impl MountedFs {
     /// The server (stats, faults).
     pub fn server(&self) -> &TestServer {
         &self.server
+    }
+
+    /// The server, to stop and restart it behind the mount.
+    pub fn server_mut(&mut self) -> &mut TestServer {
+        &mut self.server
+    }
+
+    /// The daemon's pid (None once it exited or was reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The daemon's work directory (staging, cache, log).
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
     }
 
     /// Runs `sh -c script` inside the mount; panics with its output on failure; returns

@@ -22,6 +22,8 @@ pub struct TestServer {
     handle: Option<ServerHandle>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The configuration, with the bound address (for `restart`).
+    cfg: ServeConfig,
     // Declared last: removed after the server stopped.
     dir: tempfile::TempDir,
     root: PathBuf,
@@ -51,6 +53,19 @@ impl TestServer {
         cfg.job_delay = Duration::from_millis(50);
         cfg.upload_poll_interval = Duration::from_millis(50);
         f(&mut cfg);
+        let (handle, stop, thread) = Self::spawn(cfg.clone());
+        cfg.listen = handle.addr();
+        Self {
+            handle: Some(handle),
+            stop: Some(stop),
+            thread: Some(thread),
+            cfg,
+            dir,
+            root,
+        }
+    }
+
+    fn spawn(cfg: ServeConfig) -> (ServerHandle, mpsc::Sender<()>, JoinHandle<()>) {
         let (tx_handle, rx_handle) = mpsc::channel();
         let (tx_stop, rx_stop) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -71,12 +86,41 @@ impl TestServer {
             .recv()
             .expect("server thread answers")
             .unwrap_or_else(|e| panic!("f7tfs serve did not start: {e}"));
-        Self {
-            handle: Some(handle),
-            stop: Some(tx_stop),
-            thread: Some(thread),
-            dir,
-            root,
+        (handle, tx_stop, thread)
+    }
+
+    /// Stops the server abruptly (its runtime and every open connection go away); the root
+    /// stays. `restart` brings it back on the same port.
+    pub fn kill(&mut self) {
+        drop(self.handle.take());
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Starts the server again on the same address over the same root (issued tokens are
+    /// forgotten, as after a real restart). Retries while the port is still held.
+    pub fn restart(&mut self) {
+        assert!(self.handle.is_none(), "restart of a running server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let cfg = self.cfg.clone();
+            let started = std::panic::catch_unwind(move || Self::spawn(cfg));
+            match started {
+                Ok((handle, stop, thread)) => {
+                    self.handle = Some(handle);
+                    self.stop = Some(stop);
+                    self.thread = Some(thread);
+                    return;
+                }
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
         }
     }
 
