@@ -314,7 +314,7 @@ fn tokens_expire_many_times_during_one_transfer() {
         cfg.max_ops_file_size = 64 * 1024;
         cfg.max_part_size = 64 * 1024;
         cfg.s3_latency = Duration::from_millis(600);
-        cfg.latency = Duration::from_millis(100);
+        cfg.latency = Duration::from_millis(700);
     });
     m.server().reset_stats();
     let data = bytes(2 * 1024 * 1024, 3);
@@ -442,18 +442,50 @@ fn sigkill_with_dirty_files_then_recover() {
     let new_data = bytes(70_000, 11);
     let ex_data = bytes(5_000, 12);
     let other_data = bytes(6_000, 13);
-    let mut open = Vec::new();
+    // The files are written and held open by another process: a FUSE descriptor held by
+    // this process would be inherited (until exec) by the in-process server's subprocesses,
+    // whose exec then flushes it, i.e. uploads it.
+    let src = tempfile::tempdir().unwrap();
+    let mut argv = Vec::new();
     for (name, data) in [
         ("new", &new_data),
         ("existing", &ex_data),
         ("other", &other_data),
     ] {
-        let mut f = File::create(m.p(name)).unwrap();
-        f.write_all(data).unwrap();
-        open.push(f);
+        let local = src.path().join(name);
+        std::fs::write(&local, data).unwrap();
+        argv.push(m.p(name).display().to_string());
+        argv.push(local.display().to_string());
     }
+    let script = "import os, sys\n\
+        a = sys.argv[1:]\n\
+        fds = []\n\
+        for dst, src in zip(a[0::2], a[1::2]):\n\
+        \x20   fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+        \x20   data = open(src, 'rb').read()\n\
+        \x20   while data:\n\
+        \x20       data = data[os.write(fd, data):]\n\
+        \x20   fds.append(fd)\n\
+        print('ready', flush=True)\n\
+        sys.stdin.read()\n";
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(&argv)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready", "{}", m.log());
     m.kill9();
-    drop(open);
+    let _ = holder.kill();
+    let _ = holder.wait();
     assert!(!m.remote("new").exists());
     assert_eq!(
         std::fs::read(m.remote("existing")).unwrap(),

@@ -438,6 +438,37 @@ impl<R: RemoteFs> Filesystem<R> {
             Lookup::Absent => return Err(FsError::NotFound(path.to_string())),
             Lookup::Unknown => {}
         }
+        if self.remote_offline() {
+            if let Some(answer) = self.resolve_stale(path) {
+                return answer;
+            }
+        }
+        match self.resolve_remote(path).await {
+            Err(FsError::Remote(e)) if e.is_transient() => match self.resolve_stale(path) {
+                Some(answer) => answer,
+                None => Err(FsError::Remote(e)),
+            },
+            other => other,
+        }
+    }
+
+    /// What the last listing of the parent says about `path` (the remote is unreachable):
+    /// its attributes, or not found; `None` when the parent was never listed.
+    fn resolve_stale(&self, path: &RemotePath) -> Option<FsResult<CachedAttr>> {
+        let entries = self.cache.listing_stale(&path.parent()?)?;
+        Some(
+            match entries.into_iter().find(|e| e.name == path.file_name()) {
+                Some(e) => Ok(CachedAttr {
+                    stat: e.stat,
+                    link_target: e.link_target,
+                }),
+                None => Err(FsError::NotFound(path.to_string())),
+            },
+        )
+    }
+
+    /// `resolve` past the cache: a listing of the parent after repeated misses, else a stat.
+    async fn resolve_remote(&self, path: &RemotePath) -> FsResult<CachedAttr> {
         if let Some(parent) = path.parent().filter(|p| self.inodes.peek(p).is_some()) {
             let list_it = {
                 let mut misses = self.misses.lock();
