@@ -103,6 +103,17 @@ fn failing_mount(
     env: &[(&str, String)],
     limit: Duration,
 ) -> String {
+    failing_mount_args(srv, source, &[], env, limit)
+}
+
+/// `failing_mount` with extra arguments.
+fn failing_mount_args(
+    srv: &TestServer,
+    source: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    limit: Duration,
+) -> String {
     let mnt = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_f7tfs"));
@@ -114,6 +125,7 @@ fn failing_mount(
         .arg(work.path().join("s"))
         .arg("--cache-dir")
         .arg(work.path().join("c"))
+        .args(args)
         .env("FIRECREST_URL", srv.url())
         .env("AUTH_TOKEN_URL", srv.token_url())
         .env("FIRECREST_CLIENT_ID", "f7tfs")
@@ -171,6 +183,27 @@ fn setup_errors_stop_at_once_with_one_line_and_no_secrets() {
     );
     let line = one_error_line(&err);
     assert!(line.contains("FIRECREST_CLIENT_SECRET"), "{line}");
+    assert!(!err.contains(&secret), "the secret leaked:\n{err}");
+
+    // The secret from a file others can read: a warning, and still never printed.
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let err = failing_mount_args(
+        &srv,
+        &source,
+        &["--client-secret-file", &secret_file.display().to_string()],
+        &[],
+        limit,
+    );
+    let line = one_error_line(&err);
+    assert!(line.contains("refused the client id or secret"), "{line}");
+    assert!(err.contains("chmod 600"), "no permission warning:\n{err}");
     assert!(!err.contains(&secret), "the secret leaked:\n{err}");
 
     let err = failing_mount(
@@ -400,6 +433,14 @@ fn server_killed_and_restarted_behind_a_live_mount() {
         "b not re-sent:\n{}",
         m.log()
     );
+    // The restarted server forgot the old token: refused once (401), renewed, replayed.
+    let s = m.server().stats();
+    let refused: u64 = s
+        .endpoints
+        .values()
+        .map(|e| e.statuses.get("401").copied().unwrap_or(0))
+        .sum();
+    assert!(refused >= 1 && s.calls("POST auth/token") >= 1, "{s:?}");
     let c = bytes(2000, 3);
     write_close(&m.p("c"), &c).unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
     assert_eq!(std::fs::read(m.remote("c")).unwrap(), c);
@@ -433,25 +474,14 @@ fn recover(m: &MountedFs, args: &[&str]) -> (bool, String) {
     )
 }
 
-#[test]
-fn sigkill_with_dirty_files_then_recover() {
-    let mut m = MountedFs::start_with(&[], |_| {});
-    std::fs::write(m.remote("existing"), b"old remote content").unwrap();
-    std::fs::write(m.remote("other"), b"another old one").unwrap();
-    // Dirty, never closed: a new file and two existing files rewritten.
-    let new_data = bytes(70_000, 11);
-    let ex_data = bytes(5_000, 12);
-    let other_data = bytes(6_000, 13);
-    // The files are written and held open by another process: a FUSE descriptor held by
-    // this process would be inherited (until exec) by the in-process server's subprocesses,
-    // whose exec then flushes it, i.e. uploads it.
+/// Writes `files` into the mount from another process that keeps them open (dirty, never
+/// closed) until the returned guard is dropped. A FUSE descriptor held by this process would
+/// be inherited (until exec) by the in-process server's subprocesses, whose exec then
+/// flushes, i.e. uploads, it.
+fn hold_dirty(m: &MountedFs, files: &[(&str, &[u8])]) -> Holder {
     let src = tempfile::tempdir().unwrap();
     let mut argv = Vec::new();
-    for (name, data) in [
-        ("new", &new_data),
-        ("existing", &ex_data),
-        ("other", &other_data),
-    ] {
+    for (name, data) in files {
         let local = src.path().join(name);
         std::fs::write(&local, data).unwrap();
         argv.push(m.p(name).display().to_string());
@@ -468,7 +498,7 @@ fn sigkill_with_dirty_files_then_recover() {
         \x20   fds.append(fd)\n\
         print('ready', flush=True)\n\
         sys.stdin.read()\n";
-    let mut holder = Command::new("python3")
+    let mut child = Command::new("python3")
         .arg("-c")
         .arg(script)
         .args(&argv)
@@ -478,14 +508,67 @@ fn sigkill_with_dirty_files_then_recover() {
         .expect("python3 runs");
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
         &mut line,
     )
     .unwrap();
     assert_eq!(line.trim(), "ready", "{}", m.log());
+    Holder(child)
+}
+
+/// The process holding dirty files open; killed on drop.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn recover_refuses_a_live_mount_and_discards_on_request() {
+    let mut m = MountedFs::start_with(&[], |_| {});
+    let holder = hold_dirty(&m, &[("scratch", b"throw me away")]);
     m.kill9();
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
+    m.remount();
+    let (ok, out) = recover(&m, &["--discard"]);
+    assert!(!ok && out.contains("in use by a running mount"), "{out}");
+    let (ok, out) = recover(&m, &["--list"]);
+    assert!(
+        ok && out.contains("/scratch") && out.contains("running mount"),
+        "{out}"
+    );
+    m.unmount();
+    let (ok, out) = recover(&m, &["--discard"]);
+    assert!(
+        ok && out.contains("discarded") && out.contains("/scratch"),
+        "{out}"
+    );
+    assert!(manifests(&m.staging_dir()).is_empty());
+    assert!(!m.remote("scratch").exists());
+}
+
+#[test]
+fn sigkill_with_dirty_files_then_recover() {
+    let mut m = MountedFs::start_with(&[], |_| {});
+    std::fs::write(m.remote("existing"), b"old remote content").unwrap();
+    std::fs::write(m.remote("other"), b"another old one").unwrap();
+    // Dirty, never closed: a new file and two existing files rewritten.
+    let new_data = bytes(70_000, 11);
+    let ex_data = bytes(5_000, 12);
+    let other_data = bytes(6_000, 13);
+    let holder = hold_dirty(
+        &m,
+        &[
+            ("new", &new_data[..]),
+            ("existing", &ex_data[..]),
+            ("other", &other_data[..]),
+        ],
+    );
+    m.kill9();
+    drop(holder);
     assert!(!m.remote("new").exists());
     assert_eq!(
         std::fs::read(m.remote("existing")).unwrap(),

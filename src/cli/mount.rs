@@ -4,7 +4,6 @@
 //! FIRECREST_CLIENT_SECRET, AUTH_TOKEN_URL, FIRECREST_TOKEN_COMMAND), overridable by flags;
 //! the client secret never comes from the command line (environment or `--client-secret-file`).
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -260,21 +259,11 @@ impl MountArgs {
             .ok_or("no token endpoint: set AUTH_TOKEN_URL (or --token-url)")?;
         let client_secret = match &self.client_secret_file {
             Some(path) => {
-                let meta = std::fs::metadata(path).map_err(|e| {
-                    format!("cannot read the client secret file {}: {e}", path.display())
-                })?;
-                if meta.permissions().mode() & 0o077 != 0 {
-                    tracing::warn!(
-                        "client secret file {} is readable by group or others; chmod 600 it",
-                        path.display()
-                    );
+                let (secret, warning) = crate::remote::auth::read_secret_file(path)?;
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
                 }
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        format!("cannot read the client secret file {}: {e}", path.display())
-                    })?
-                    .trim()
-                    .to_string()
+                secret
             }
             None => std::env::var("FIRECREST_CLIENT_SECRET").map_err(|_| {
                 "no client secret: set FIRECREST_CLIENT_SECRET or pass --client-secret-file"

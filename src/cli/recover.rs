@@ -15,7 +15,7 @@ use clap::Parser;
 use crate::config::RemoteConfig;
 use crate::remote::v2::V2Client;
 use crate::remote::{RemoteError, RemoteFs, RemotePath, Stat};
-use crate::staging::{BaseVersion, Leftover, StagingArea};
+use crate::staging::{in_use, list_manifests, BaseVersion, Leftover, StagingArea};
 
 /// Remote mtimes within this of the recorded one count as unchanged (the recorded mtime of a
 /// file the mount uploaded itself is the mount's clock, the remote's may be a second off).
@@ -227,8 +227,31 @@ pub fn run(args: RecoverArgs) -> Result<(), String> {
         println!("nothing to recover: {} does not exist", dir.display());
         return Ok(());
     }
-    let area = StagingArea::new(&dir)
-        .map_err(|e| format!("cannot open the staging dir {}: {e}", dir.display()))?;
+    let listing = args.list || args.system.is_none() && !args.discard;
+    if listing {
+        // Read only: fine next to a live mount.
+        let found = list_manifests(&dir)
+            .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
+        if found.is_empty() {
+            println!("nothing to recover in {}", dir.display());
+            return Ok(());
+        }
+        println!("{} staged write(s) in {}:", found.len(), dir.display());
+        for l in &found {
+            println!("  {}", describe(l));
+        }
+        if in_use(&dir) {
+            println!("a running mount uses this staging dir: it sends its own files");
+        } else if !args.list {
+            println!(
+                "upload them with `f7tfs recover SYSTEM`, or delete them with \
+                 `f7tfs recover --discard`"
+            );
+        }
+        return Ok(());
+    }
+    // Uploading or discarding takes the staging dir's lock: never behind a live mount.
+    let area = StagingArea::new(&dir).map_err(|e| e.to_string())?;
     let leftovers = area
         .leftovers()
         .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
@@ -244,21 +267,8 @@ pub fn run(args: RecoverArgs) -> Result<(), String> {
         }
         return Ok(());
     }
-    let system = match (&args.system, args.list) {
-        (Some(s), false) => s.clone(),
-        _ => {
-            println!("{} staged write(s) in {}:", leftovers.len(), dir.display());
-            for l in &leftovers {
-                println!("  {}", describe(l));
-            }
-            if !args.list {
-                println!(
-                    "upload them with `f7tfs recover SYSTEM`, or delete them with \
-                     `f7tfs recover --discard`"
-                );
-            }
-            return Ok(());
-        }
+    let Some(system) = args.system.clone() else {
+        return Err("name the SYSTEM to upload to".into());
     };
     let cfg = remote_config(&args, &system)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

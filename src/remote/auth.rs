@@ -282,6 +282,36 @@ impl TokenProvider {
     }
 }
 
+/// Reads a client secret from `path` (trimmed). The second value is a warning to log when
+/// the file is readable by group or others. Errors name the file, never its content.
+pub fn read_secret_file(path: &std::path::Path) -> Result<(String, Option<String>), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| {
+        format!(
+            "cannot read the client secret file {}: {e}; check client_secret_file",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(fail)?;
+    let warning = (meta.permissions().mode() & 0o077 != 0).then(|| {
+        format!(
+            "the client secret file {} is readable by group or others; chmod 600 it",
+            path.display()
+        )
+    });
+    let secret = std::fs::read_to_string(path)
+        .map_err(fail)?
+        .trim()
+        .to_string();
+    if secret.is_empty() {
+        return Err(format!(
+            "the client secret file {} is empty",
+            path.display()
+        ));
+    }
+    Ok((secret, warning))
+}
+
 fn cache_opaque(token: String, file_mtime: Option<SystemTime>) -> Cached {
     let now = Instant::now();
     let left = jwt_remaining(&token, SystemTime::now());
@@ -357,6 +387,52 @@ mod tests {
         assert_eq!(jwt_remaining(&token, now), Some(Duration::from_secs(100)));
         assert_eq!(jwt_remaining("opaque-token", now), None);
         assert_eq!(base64url_decode("aGVsbG8").unwrap(), b"hello");
+    }
+
+    #[test]
+    fn secret_files_warn_when_others_can_read_them() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cr3t\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_secret_file(&path).unwrap(),
+            ("s3cr3t".to_string(), None)
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (secret, warning) = read_secret_file(&path).unwrap();
+        assert_eq!(secret, "s3cr3t");
+        let warning = warning.unwrap();
+        assert!(warning.contains("chmod 600") && !warning.contains("s3cr3t"));
+        let missing = read_secret_file(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.contains("nope") && !missing.contains('\n'));
+        std::fs::write(&path, "  \n").unwrap();
+        assert!(read_secret_file(&path).unwrap_err().contains("empty"));
+    }
+
+    #[tokio::test]
+    async fn token_file_is_read_again_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let p = TokenProvider::new(Credentials::TokenFile(path.clone()), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(p.token().await.unwrap(), "first");
+        std::fs::write(&path, "second\n").unwrap();
+        // A different mtime marks the change (coarse file systems: set it explicitly).
+        let later = SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(p.token().await.unwrap(), "second");
+        std::fs::remove_file(&path).unwrap();
+        p.invalidate("second").await;
+        let e = p.token().await.unwrap_err().to_string();
+        assert!(e.contains("token file") && !e.contains("second"), "{e}");
     }
 
     #[tokio::test]

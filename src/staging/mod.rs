@@ -11,6 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -77,17 +78,79 @@ pub struct Leftover {
     pub manifest_path: PathBuf,
 }
 
-/// The staging directory of a mount.
+/// The staging directory of a mount, locked for the life of the value (`.lock`, `flock`): a
+/// second mount (or `f7tfs recover`) on the same directory would take the first one's files.
 pub struct StagingArea {
     dir: PathBuf,
+    _lock: File,
+}
+
+/// Takes the exclusive lock of `dir` (created if needed); fails with `WouldBlock` and a text
+/// naming the fix when a live mount holds it.
+fn lock_dir(dir: &Path) -> std::io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "the staging dir {} is in use by a running mount; unmount it first, or \
+                     give this one its own with --staging-dir",
+                    dir.display()
+                ),
+            ));
+        }
+        return Err(e);
+    }
+    Ok(lock)
+}
+
+/// Whether a running mount holds the staging dir `dir`.
+pub fn in_use(dir: &Path) -> bool {
+    matches!(lock_dir(dir), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+/// The manifests in `dir` (staged writes that never reached the remote), read only: nothing
+/// is locked or removed (for `f7tfs status` and `recover --list` next to a live mount).
+pub fn list_manifests(dir: &Path) -> std::io::Result<Vec<Leftover>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
+            tracing::warn!(path = %path.display(), "unreadable staging manifest left as is");
+            continue;
+        };
+        out.push(Leftover {
+            data_path: dir.join(&manifest.data_file),
+            manifest,
+            manifest_path: path,
+        });
+    }
+    out.sort_by(|a, b| a.manifest.remote_path.cmp(&b.manifest.remote_path));
+    Ok(out)
 }
 
 impl StagingArea {
-    /// Opens (creates) the staging directory.
+    /// Opens (creates) the staging directory and locks it (see the type docs).
     pub fn new(dir: &Path) -> std::io::Result<Self> {
-        fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         Ok(StagingArea {
             dir: dir.to_path_buf(),
+            _lock: lock,
         })
     }
 
@@ -100,31 +163,12 @@ impl StagingArea {
     /// without a manifest were clean copies and are removed; the current run's files are not
     /// touched (call this before staging anything).
     pub fn leftovers(&self) -> std::io::Result<Vec<Leftover>> {
-        let mut out = Vec::new();
-        let mut with_manifest = std::collections::HashSet::new();
-        for e in fs::read_dir(&self.dir)?.flatten() {
-            let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
-                continue;
-            }
-            let Ok(text) = fs::read_to_string(&path) else {
-                continue;
-            };
-            let Ok(manifest) = serde_json::from_str::<Manifest>(&text) else {
-                tracing::warn!(path = %path.display(), "unreadable staging manifest left as is");
-                continue;
-            };
-            let data_path = self.dir.join(&manifest.data_file);
-            with_manifest.insert(manifest.data_file.clone());
-            out.push(Leftover {
-                manifest,
-                data_path,
-                manifest_path: path,
-            });
-        }
+        let out = list_manifests(&self.dir)?;
+        let with_manifest: std::collections::HashSet<&str> =
+            out.iter().map(|l| l.manifest.data_file.as_str()).collect();
         for e in fs::read_dir(&self.dir)?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if name.ends_with(".data") && !with_manifest.contains(&name) {
+            if name.ends_with(".data") && !with_manifest.contains(name.as_str()) {
                 let _ = fs::remove_file(e.path());
             }
         }
