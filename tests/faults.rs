@@ -388,6 +388,18 @@ fn server_killed_and_restarted_behind_a_live_mount() {
     let listed = m.sh("ls");
     assert!(listed.contains('a') && listed.contains('d'), "{listed}");
 
+    // A server that accepts but does not answer: EIO once --timeout (6 s) ran out.
+    m.server().set_latency(Duration::from_secs(30));
+    let started = Instant::now();
+    let err = std::fs::metadata(m.p("d/behind")).expect_err("no answer: must fail");
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(12),
+        "{took:?}"
+    );
+    m.server().set_latency(Duration::ZERO);
+
     m.server_mut().kill();
     // Cached directories still answer (stale); a write fails with EIO in bounded time and
     // stays staged; an uncached directory fails with EIO in bounded time.
@@ -552,7 +564,11 @@ fn recover_refuses_a_live_mount_and_discards_on_request() {
 
 #[test]
 fn sigkill_with_dirty_files_then_recover() {
-    let mut m = MountedFs::start_with(&[], |_| {});
+    // A 64 KiB direct limit: `new` (70 kB) is recovered through the staged multipart route.
+    let mut m = MountedFs::start_with(&[], |cfg| {
+        cfg.max_ops_file_size = 64 * 1024;
+        cfg.max_part_size = 64 * 1024;
+    });
     std::fs::write(m.remote("existing"), b"old remote content").unwrap();
     std::fs::write(m.remote("other"), b"another old one").unwrap();
     // Dirty, never closed: a new file and two existing files rewritten.
@@ -663,4 +679,44 @@ fn sigterm_waits_for_pending_uploads_and_a_second_one_leaves_them_staged() {
     let (ok, out) = recover(&m, &[&m.server().system()]);
     assert!(ok, "{out}");
     assert_eq!(std::fs::read(m.remote("stuck")).unwrap(), data2);
+}
+
+/// A small tmpfs mounted over a directory; unmounted on drop.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Option<TinyDisk> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TinyDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_staging_disk_is_enospc_on_write_through_the_mount() {
+    let m = MountedFs::start_with(&[], |_| {});
+    let Some(_disk) = TinyDisk::mount(&m.staging_dir(), "128k") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let mut f = File::create(m.p("huge")).unwrap();
+    let err = f
+        .write_all(&bytes(1024 * 1024, 5))
+        .expect_err("a 128 KiB staging disk fills up");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    drop(f);
+    // The mount goes on working.
+    drop(_disk);
+    let data = bytes(1000, 6);
+    write_close(&m.p("small"), &data).unwrap();
+    assert_eq!(std::fs::read(m.remote("small")).unwrap(), data);
 }
