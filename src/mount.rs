@@ -96,6 +96,9 @@ fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
             format!("authentication failed: {m}")
         }
         RemoteError::InvalidArgument(m) | RemoteError::Unsupported(m) => m,
+        RemoteError::Unavailable(m) | RemoteError::Timeout(m) if m.contains("FIRECREST_URL") => {
+            format!("cannot reach FirecREST at {}: {m}", cfg.url)
+        }
         RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
             "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",
             cfg.url
@@ -117,6 +120,8 @@ fn path_error(cfg: &RemoteConfig, root: &RemotePath, e: RemoteError) -> String {
             "{}:{root} is not accessible to the token's user (permission denied)",
             cfg.system
         ),
+        // Already names the path and the fix (outside the system's filesystems).
+        RemoteError::InvalidArgument(m) => m,
         other => format!("{}:{root}: {other}", cfg.system),
     }
 }
