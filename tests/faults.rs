@@ -7,9 +7,6 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::Write;
-use std::os::fd::IntoRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,16 +37,62 @@ fn sha(data: &[u8]) -> String {
         .collect()
 }
 
-/// Writes `data` to `path` and closes it explicitly, returning close()'s error too.
-fn write_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    f.write_all(data)?;
-    let fd = f.into_raw_fd();
-    // SAFETY: we own `fd` (taken from the File) and close it exactly once.
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// Writes `data` to `path` from another process and closes it there; the error of the
+/// first failing call (open, write or close) comes back as `(call, errno)`.
+///
+/// Writes never happen in this process: a FUSE descriptor held here would be inherited (until
+/// exec) by the in-process servers' subprocesses, whose exec flushes it, i.e. uploads it,
+/// while that server's worker waits for the exec: a deadlock until the deadline.
+fn py_write(path: &Path, data: &[u8]) -> Result<(), (String, i32)> {
+    let src = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(src.path(), data).unwrap();
+    let script = "import os, sys\n\
+        dst, src = sys.argv[1], sys.argv[2]\n\
+        data = open(src, 'rb').read()\n\
+        step = 'open'\n\
+        try:\n\
+        \x20   fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n\
+        \x20   step = 'write'\n\
+        \x20   try:\n\
+        \x20       while data:\n\
+        \x20           data = data[os.write(fd, data):]\n\
+        \x20   except OSError:\n\
+        \x20       try:\n\
+        \x20           os.close(fd)\n\
+        \x20       except OSError:\n\
+        \x20           pass\n\
+        \x20       raise\n\
+        \x20   step = 'close'\n\
+        \x20   os.close(fd)\n\
+        except OSError as e:\n\
+        \x20   print(step, e.errno)\n\
+        \x20   sys.exit(1)\n\
+        print('ok')\n";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .arg(src.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && text == "ok" {
+        return Ok(());
     }
-    Ok(())
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next().and_then(|n| n.parse().ok())) {
+        (Some(step), Some(errno)) => Err((step.to_string(), errno)),
+        _ => panic!(
+            "the writer failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// `py_write` with the error as an `io::Error` (close()'s error included).
+fn write_close(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    py_write(path, data).map_err(|(_, errno)| std::io::Error::from_raw_os_error(errno))
 }
 
 /// The manifests (`*.json`) in a staging dir, parsed.
@@ -299,7 +342,9 @@ fn dropped_part_uploads_are_retried_or_kept_staged() {
         cfg.max_part_size = 64 * 1024;
     });
     // A third of the part uploads lose their connection: retried, the file arrives whole.
-    m.server().set_faults(&["PUT s3/part:drop=0.3"]);
+    // (Two drops are certain, the rest random.)
+    m.server()
+        .set_faults(&["PUT s3/part:drop=1:times=2", "PUT s3/part:drop=0.3"]);
     let data = bytes(600 * 1024, 7);
     write_close(&m.p("big"), &data).unwrap_or_else(|e| panic!("{e}\n{}", m.log()));
     assert!(m.server().stats().endpoints["PUT s3/part"].faults > 0);
@@ -708,12 +753,9 @@ fn a_full_staging_disk_is_enospc_on_write_through_the_mount() {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
     };
-    let mut f = File::create(m.p("huge")).unwrap();
-    let err = f
-        .write_all(&bytes(1024 * 1024, 5))
+    let err = py_write(&m.p("huge"), &bytes(1024 * 1024, 5))
         .expect_err("a 128 KiB staging disk fills up");
-    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    drop(f);
+    assert_eq!(err, ("write".to_string(), libc::ENOSPC));
     // The mount goes on working.
     drop(_disk);
     let data = bytes(1000, 6);

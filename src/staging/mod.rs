@@ -367,6 +367,16 @@ mod tests {
         let clean_path = clean.data_path().to_path_buf();
         drop(clean);
         drop(dirty);
+        // While the area is open, the dir is locked: only the read-only listing works.
+        assert!(in_use(dir.path()));
+        let second = StagingArea::new(dir.path()).err().unwrap();
+        assert_eq!(second.kind(), std::io::ErrorKind::WouldBlock);
+        assert!(second.to_string().contains("--staging-dir"));
+        let listed = list_manifests(dir.path()).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(clean_path.exists(), "the listing removes nothing");
+        drop(area);
+        assert!(!in_use(dir.path()));
         let left = StagingArea::new(dir.path()).unwrap().leftovers().unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].manifest.remote_path, "/a");
