@@ -65,8 +65,19 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
         "connected"
     );
     let fsname = format!("{}:{}", remote_cfg.system, root);
-    run_with(rt, client, &mount_cfg, ids, fsname)
+    let counted = client.clone();
+    let calls: CallCounter = Arc::new(move || {
+        let s = counted.http_stats();
+        (
+            s.attempts.load(std::sync::atomic::Ordering::Relaxed),
+            s.retries.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    run_with_calls(rt, client, &mount_cfg, ids, fsname, calls)
 }
+
+/// (requests sent, retries) of the remote client, for `f7tfs status`.
+pub type CallCounter = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
 
 fn check_mountpoint(mp: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(mp).map_err(|e| {
@@ -156,6 +167,18 @@ pub fn run_with<R: RemoteFs>(
     ids: IdMap,
     fsname: String,
 ) -> Result<(), String> {
+    run_with_calls(rt, client, mount_cfg, ids, fsname, Arc::new(|| (0, 0)))
+}
+
+/// `run_with`, publishing `calls` in the status file.
+pub fn run_with_calls<R: RemoteFs>(
+    rt: Runtime,
+    client: R,
+    mount_cfg: &MountConfig,
+    ids: IdMap,
+    fsname: String,
+    calls: CallCounter,
+) -> Result<(), String> {
     let fs = Arc::new(
         Filesystem::new(client, mount_cfg, ids, Arc::new(SystemClock))
             .map_err(|e| format!("cannot prepare the staging area or cache: {e}"))?,
@@ -170,6 +193,7 @@ pub fn run_with<R: RemoteFs>(
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), mount_cfg.max_in_flight_ops);
     let permits = adapter.permits();
+    let fsname_shown = fsname.clone();
     let mut options = vec![
         MountOption::FSName(fsname),
         MountOption::Subtype("f7tfs".into()),
@@ -199,6 +223,26 @@ pub fn run_with<R: RemoteFs>(
         })
         .map_err(|e| format!("cannot start the FUSE thread: {e}"))?;
     tracing::info!(mountpoint = %mp.display(), "mounted");
+    let publisher = {
+        let info = crate::status::MountInfo {
+            mountpoint: std::fs::canonicalize(&mp)
+                .unwrap_or_else(|_| mp.clone())
+                .display()
+                .to_string(),
+            remote: fsname_shown.clone(),
+            started: std::time::SystemTime::now(),
+        };
+        let fs = fs.clone();
+        crate::status::Publisher::start(rt.handle(), move || {
+            let mut s = info.state();
+            (s.calls, s.retries) = calls();
+            (s.attr_hits, s.attr_misses) = fs.attr_hit_counts();
+            s.content = fs.content_stats();
+            s.transfers = fs.transfers().rows();
+            s.staged = fs.staged_rows();
+            s
+        })
+    };
     let ticker = {
         let fs = fs.clone();
         rt.spawn(async move {
@@ -287,6 +331,7 @@ pub fn run_with<R: RemoteFs>(
         }
         Ok(())
     });
+    drop(publisher);
     if thread.is_finished() {
         let _ = thread.join();
     }

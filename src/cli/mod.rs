@@ -4,6 +4,7 @@
 
 pub mod mount;
 pub mod serve;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,8 @@ pub enum Command {
     Mount(Box<mount::MountArgs>),
     /// Serve the FirecREST v2 API over a local directory (for tests, demos and benchmarks).
     Serve(Box<serve::ServeArgs>),
+    /// Show live mounts, in-flight transfers with progress, cache use and staged writes.
+    Status(status::StatusArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -29,6 +32,10 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Mount(args) => mount::run(*args),
         Command::Serve(args) => serve::run(*args),
+        Command::Status(args) => match status::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => 0,

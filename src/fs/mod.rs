@@ -143,6 +143,8 @@ pub struct Filesystem<R: RemoteFs> {
     writeback: Mutex<HashMap<InodeNo, (Arc<OpenFile>, std::time::Instant)>>,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
+    /// Large transfers in flight (progress for the log and `f7tfs status`).
+    transfers: Arc<crate::status::Transfers>,
 }
 
 /// Checks a name the kernel hands us: UTF-8, one component, nothing FirecREST cannot carry
@@ -225,12 +227,58 @@ impl<R: RemoteFs> Filesystem<R> {
                 frsize: bsize as u32,
             },
             leftovers,
+            transfers: Arc::default(),
         })
     }
 
     /// The remote client.
     pub fn remote(&self) -> &R {
         &self.remote
+    }
+
+    /// Large transfers in flight.
+    pub fn transfers(&self) -> &Arc<crate::status::Transfers> {
+        &self.transfers
+    }
+
+    /// Content cache hits, misses and use.
+    pub fn content_stats(&self) -> crate::cache::content::ContentStats {
+        self.content.stats()
+    }
+
+    /// Attribute cache (hits, misses).
+    pub fn attr_hit_counts(&self) -> (u64, u64) {
+        self.cache.hit_counts()
+    }
+
+    /// Staged writes the remote does not have yet: dirty or failed files of this run, and
+    /// leftovers of earlier runs.
+    pub fn staged_rows(&self) -> Vec<crate::status::StagedRow> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut rows: Vec<crate::status::StagedRow> = files
+            .iter()
+            .filter_map(|f| {
+                let m = f.meta.lock();
+                (m.dirty && !m.unlinked).then(|| crate::status::StagedRow {
+                    path: m.path.to_string(),
+                    // Held while an upload runs (or a write is being staged).
+                    state: if f.staged.try_lock().is_err() {
+                        "uploading".into()
+                    } else {
+                        "waiting".into()
+                    },
+                    size: m.staged_size.unwrap_or(0),
+                    cause: None,
+                })
+            })
+            .collect();
+        rows.extend(self.leftovers.iter().map(|l| crate::status::StagedRow {
+            path: l.manifest.remote_path.clone(),
+            state: "earlier run".into(),
+            size: l.manifest.size,
+            cause: l.manifest.cause.clone(),
+        }));
+        rows
     }
 
     /// Staged writes of earlier runs found at startup.
