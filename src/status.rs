@@ -92,7 +92,12 @@ impl Transfers {
             log: Mutex::new((now, 0)),
         });
         self.map.lock().insert(id, t.clone());
-        tracing::debug!(path, direction = direction.as_str(), total, "transfer started");
+        tracing::debug!(
+            path,
+            direction = direction.as_str(),
+            total,
+            "transfer started"
+        );
         TransferGuard {
             board: self.clone(),
             id,
@@ -326,7 +331,10 @@ pub fn read_states(dir: &Path) -> std::io::Result<Vec<MountState>> {
     for e in entries.flatten() {
         let path = e.path();
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.strip_suffix(".json").and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = name
+            .strip_suffix(".json")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -569,8 +577,14 @@ mod tests {
         assert_eq!(states, vec![state.clone()]);
         assert_eq!(std::fs::read_dir(&run).unwrap().count(), 1);
         let text = render(&state);
-        assert!(text.contains("/mnt/x") && text.contains("download"), "{text}");
-        assert!(text.contains("50%") && text.contains("5.0 MiB / 10.0 MiB"), "{text}");
+        assert!(
+            text.contains("/mnt/x") && text.contains("download"),
+            "{text}"
+        );
+        assert!(
+            text.contains("50%") && text.contains("5.0 MiB / 10.0 MiB"),
+            "{text}"
+        );
         assert!(text.contains("[###########...........]"), "{text}");
     }
 

@@ -223,7 +223,13 @@ impl ContentCache {
                 gone.push(old.file);
             }
             index.used += data.len() as u64;
-            index.lru.put(key.clone(), Entry { file: name, present });
+            index.lru.put(
+                key.clone(),
+                Entry {
+                    file: name,
+                    present,
+                },
+            );
             // The newest entry goes last only if nothing else is left to evict.
             index.lru.promote(&key);
             gone.extend(self.evict(&mut index));
@@ -419,7 +425,9 @@ mod tests {
         assert_eq!(c.read_range(&p, 100, t, 90, 50).unwrap(), &data[90..]);
         assert_eq!(fs::read(c.get(&p, 100, t).unwrap()).unwrap(), data);
         // Another version of the path misses.
-        assert!(c.read_range(&p, 100, t + std::time::Duration::from_secs(1), 0, 1).is_none());
+        assert!(c
+            .read_range(&p, 100, t + std::time::Duration::from_secs(1), 0, 1)
+            .is_none());
         let s = c.stats();
         assert!(s.hits >= 3 && s.misses >= 2, "{s:?}");
     }

@@ -13,10 +13,12 @@ pub const EXIT_NO_MOUNT: i32 = 2;
 
 /// Show live mounts, in-flight transfers with progress, cache use and staged writes.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit status: 0 when at least one live mount was shown, 1 on an \
+#[command(
+    after_help = "Exit status: 0 when at least one live mount was shown, 1 on an \
     error (unreadable state directory), 2 when no live f7tfs mount (at MOUNTPOINT) was found. \
     State files live in $XDG_RUNTIME_DIR/f7tfs/ (else ~/.cache/f7tfs/run/), readable only by \
-    the mounting user; each daemon rewrites its own every second.")]
+    the mounting user; each daemon rewrites its own every second."
+)]
 pub struct StatusArgs {
     /// Only this mount (default: all of this user's mounts).
     pub mountpoint: Option<PathBuf>,

@@ -119,6 +119,8 @@ pub struct Handle {
     pub append: bool,
     /// Data was written (or the file truncated) through this handle.
     pub wrote: std::sync::atomic::AtomicBool,
+    /// Thread-group id of the process that opened it (0: unknown), see `flush_by`.
+    pub opener: std::sync::atomic::AtomicU32,
     /// (size, mtime) the file had when opened, for clean reads.
     pub version: (u64, SystemTime),
     /// Whole content of a small file, fetched on first read.
