@@ -358,3 +358,36 @@ fn status_shows_a_large_upload_in_flight() {
     let (code, _) = status(&m, &["/nonexistent-mount"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn a_failed_large_upload_is_the_error_of_close_and_stays_staged() {
+    let mut m = mount();
+    m.server().set_faults(&["s3/part:500=1.0"]);
+    let data = random(3 << 20, 9);
+    let err = {
+        let mut f = fs::File::create(m.p("big.dat")).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap_err()
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(!m.remote("big.dat").exists() || fs::metadata(m.remote("big.dat")).unwrap().len() == 0);
+    let staged: Vec<_> = fs::read_dir(m.staging_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let manifest = staged
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| fs::read_to_string(p).unwrap())
+        .expect("a manifest");
+    assert!(manifest.contains("big.dat") && manifest.contains("failed"), "{manifest}");
+    let data_file = staged
+        .iter()
+        .find(|p| p.extension().is_some_and(|x| x == "data"))
+        .unwrap();
+    assert_eq!(sha256(data_file), sha256_of(&data));
+    // The server works again: unmount sends it.
+    m.server().set_faults(&[]);
+    assert!(m.unmount().expect("daemon exits").success());
+    assert_eq!(sha256(&m.remote("big.dat")), sha256_of(&data));
+}
