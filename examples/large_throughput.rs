@@ -194,7 +194,11 @@ fn mount(server: &ServerHandle, root: &Path, work: &Path) -> Res<Mount> {
         .map(|d| d.join("f7tfs"))
         .ok_or("no binary dir")?;
     if !bin.exists() {
-        return Err(format!("{} missing: cargo build --release --bin f7tfs", bin.display()).into());
+        return Err(format!(
+            "{} missing: cargo build --release --bin f7tfs",
+            bin.display()
+        )
+        .into());
     }
     let mp = work.join("mnt");
     std::fs::create_dir_all(&mp)?;

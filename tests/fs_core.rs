@@ -860,7 +860,11 @@ async fn appending_to_an_uncached_large_file_fetches_it_once_in_ranges() {
     h.fs.write(o.fh, 0, b"!").await.unwrap();
     h.fs.release(o.fh).await.unwrap();
     assert_eq!(r(&h).calls("stage_download"), 1);
-    assert_eq!(r(&h).range_bytes(), data.len() as u64, "each byte fetched once");
+    assert_eq!(
+        r(&h).range_bytes(),
+        data.len() as u64,
+        "each byte fetched once"
+    );
     assert_eq!(r(&h).calls("read_range"), 3, "8 MiB ranges");
     let got = r(&h).content(&path("big.bin")).unwrap();
     assert_eq!(got.len(), data.len() + 1);

@@ -380,7 +380,10 @@ fn a_failed_large_upload_is_the_error_of_close_and_stays_staged() {
         .find(|p| p.extension().is_some_and(|x| x == "json"))
         .map(|p| fs::read_to_string(p).unwrap())
         .expect("a manifest");
-    assert!(manifest.contains("big.dat") && manifest.contains("failed"), "{manifest}");
+    assert!(
+        manifest.contains("big.dat") && manifest.contains("failed"),
+        "{manifest}"
+    );
     let data_file = staged
         .iter()
         .find(|p| p.extension().is_some_and(|x| x == "data"))

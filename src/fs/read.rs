@@ -215,6 +215,9 @@ impl<R: RemoteFs> Filesystem<R> {
                                 if let Some(t) = &r.transfer {
                                     t.add(data.len() as u64);
                                 }
+                                if start + data.len() as u64 >= total {
+                                    r.transfer = None;
+                                }
                                 r.buf_start = start;
                                 r.buf = data;
                                 buf_end = r.buf_start + r.buf.len() as u64;
@@ -274,6 +277,10 @@ impl<R: RemoteFs> Filesystem<R> {
         self.cache_range(h, path, offset, &data);
         if let Some(t) = &r.transfer {
             t.add(data.len() as u64);
+        }
+        if offset + data.len() as u64 >= total {
+            // Read to the end: no longer a transfer in flight.
+            r.transfer = None;
         }
         r.buf_start = offset;
         r.buf = data;
