@@ -1,7 +1,12 @@
 //! Reads: small files whole (content cache, else one `download`), large ones through a
 //! staged object with ranged reads: a sequential reader gets a read-ahead window growing
 //! from 1 MiB to 64 MiB with several ranges in flight, a random read fetches only what is
-//! asked. Staged objects are reused per (path, size, mtime) while their URL is valid.
+//! asked. Every fetched range of a large file goes into the sparse on-disk content cache, and
+//! reads it covers are served from disk; the staged object is requested only when a read
+//! needs the remote (a reopened, cached file needs no job). Staged objects are reused per
+//! (path, size, mtime) while their URL is valid. Writers without O_TRUNC get the content
+//! copied into their staged file (`fetch_into`: cached ranges from disk, the rest in parallel
+//! ranges). Large transfers are listed in `status::Transfers` for the log and `f7tfs status`.
 
 use std::time::{Duration, SystemTime};
 
