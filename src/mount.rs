@@ -112,8 +112,17 @@ pub fn sd_notify(state: &str) -> bool {
     }
 }
 
-fn check_mountpoint(mp: &Path) -> Result<(), String> {
+/// The mount point exists, is a directory and is not mounted yet (one-line error otherwise).
+pub fn check_mountpoint(mp: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(mp).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotConnected {
+            // A FUSE mount whose daemon died: the kernel still holds it.
+            return format!(
+                "{} is a stale mount (its f7tfs is gone); clear it with fusermount3 -uz {}",
+                mp.display(),
+                mp.display()
+            );
+        }
         format!(
             "mount point {} is not usable ({e}); create it with mkdir -p",
             mp.display()
@@ -137,6 +146,9 @@ pub fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
         // The client's own texts already name the fix (which variable to check).
         RemoteError::Unauthorized(m) => format!("authentication failed: {m}"),
         RemoteError::InvalidArgument(m) | RemoteError::Unsupported(m) => m,
+        RemoteError::Unavailable(m) | RemoteError::Timeout(m) if m.contains("FIRECREST_URL") => {
+            format!("cannot reach FirecREST at {}: {m}", cfg.url)
+        }
         RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
             "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",
             cfg.url
@@ -226,6 +238,17 @@ pub fn run_with_hook<R: RemoteFs>(
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), mount_cfg.max_in_flight_ops);
     let permits = adapter.permits();
+    // Signals are watched before the mount exists: a SIGTERM right after READY=1 must
+    // unmount cleanly, not kill the process with the default action.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _enter = rt.enter();
+        let watch = |kind, name| signal(kind).map_err(|e| format!("cannot watch {name}: {e}"));
+        (
+            watch(SignalKind::terminate(), "SIGTERM")?,
+            watch(SignalKind::interrupt(), "SIGINT")?,
+        )
+    };
     let fsname_status = fsname.clone();
     let mut options = vec![
         MountOption::FSName(fsname),
@@ -275,11 +298,9 @@ pub fn run_with_hook<R: RemoteFs>(
     let max_ops = mount_cfg.max_in_flight_ops.max(1) as u32;
     let wait = mount_cfg.staging.unmount_wait;
     let result: Result<(), String> = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
         let mut done_rx = done_rx;
         let ended = tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
+            _ = int.recv() => None,
             _ = term.recv() => None,
             r = &mut done_rx => Some(r),
         };

@@ -101,7 +101,7 @@ struct Failure(i32, String);
 
 /// Runs `f7tfs check`; returns the exit code (the failure is one line on stderr).
 pub fn run(args: CheckArgs) -> i32 {
-    crate::logging::init_to(None);
+    crate::logging::init_filtered(None, "warn");
     match check(args) {
         Ok(()) => EXIT_OK,
         Err(Failure(code, line)) => {

@@ -558,6 +558,8 @@ pub fn run(mut args: MountArgs) -> Result<(), String> {
     resolved?;
     let (remote, mount) = args.configs()?;
     if !foreground {
+        // Checked here too: the parent reports success when the mount point is mounted.
+        crate::mount::check_mountpoint(&mount.mountpoint)?;
         return background(&mount, args.log_file.as_deref());
     }
     crate::mount::run(remote, mount)
