@@ -727,4 +727,59 @@ mod tests {
         let e = parse(&["c:rel", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
     }
+
+    #[test]
+    fn profile_fills_what_cli_and_environment_leave_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[profile.daint]\nurl = \"http://profile\"\ntoken_command = \"echo t\"\n\
+             remote = \"daint:/scratch/alice\"\nmountpoint = \"/mnt/p\"\nattr_ttl = 7\n\
+             dir_ttl = 9\n\n[profile.eiger]\nsystem = \"eiger\"\nurl = \"http://e\"\n\
+             token_command = \"echo t\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        // Everything from the profile.
+        let (r, m) = parse(&["--config", f, "--profile", "daint"]).unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.system.as_str()),
+            ("http://profile", "daint")
+        );
+        assert_eq!(m.remote_root, "/scratch/alice");
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/p"));
+        assert_eq!(m.cache.attr_ttl, Duration::from_secs(7));
+        // The command line wins: flag, -o and positional arguments; `-o profile=`.
+        let (r, m) = parse(&[
+            "daint:/other",
+            "/mnt/q",
+            "--url",
+            "http://cli",
+            "-o",
+            &format!("config={f},profile=daint,dir_ttl=1"),
+            "--attr-ttl",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(r.url, "http://cli");
+        assert_eq!(m.remote_root, "/other");
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/q"));
+        assert_eq!(m.cache.attr_ttl, Duration::from_secs(2));
+        assert_eq!(m.cache.dir_ttl, Duration::from_secs(1));
+        // Implicitly the profile named like the system.
+        let (r, _) = parse(&["--config", f, "daint:/x", "/mnt/x"]).unwrap();
+        assert_eq!(r.url, "http://profile");
+        // A profile's system completes a bare path.
+        let (r, m) = parse(&["--config", f, "--profile", "eiger", "/store", "/mnt/e"]).unwrap();
+        assert_eq!(
+            (r.system.as_str(), m.remote_root.as_str()),
+            ("eiger", "/store")
+        );
+        // Unknown profile: the known ones are listed.
+        let e = parse(&["--config", f, "--profile", "nope", "a:/b", "/m"]).unwrap_err();
+        assert!(e.contains("daint, eiger"), "{e}");
+        let e = parse(&["--config", "/nonexistent/c.toml", "--profile", "x"]).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+    }
 }
