@@ -218,7 +218,7 @@ fn check_reports_and_exit_codes_tell_config_from_reachability() {
     let out = text(&ok.stdout);
     assert_eq!(ok.status.code(), Some(0), "{out}{}", text(&ok.stderr));
     for want in [
-        "FirecREST v2",
+        "FirecREST v2, F7T-AppVersion",
         "user ",
         "limits",
         "latency",

@@ -140,9 +140,13 @@ async fn check_remote(cfg: &RemoteConfig, path: &RemotePath, write: bool) -> Res
     let caps = client.capabilities().clone();
     let user = client.user().clone();
     println!(
-        "server       {} (FirecREST {})",
+        "server       {} (FirecREST {}{})",
         client.url(),
-        caps.api_version
+        caps.api_version,
+        client
+            .app_version()
+            .map(|v| format!(", F7T-AppVersion {v}"))
+            .unwrap_or_default()
     );
     println!("system       {}", client.system());
     println!(
