@@ -362,7 +362,7 @@ fn printed_pid(stderr: &str) -> Option<i32> {
 }
 
 #[test]
-fn mount_t_fuse_f7tfs_goes_through_mount_fuse3() {
+fn mount_t_fuse_f7tfs_and_an_fstab_line_go_through_mount_fuse3() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 || !Path::new("/sbin/mount.fuse3").exists() {
         eprintln!("SKIP: mount -t fuse.f7tfs needs root and mount.fuse3 (apt-get install fuse3)");
@@ -376,7 +376,7 @@ fn mount_t_fuse_f7tfs_goes_through_mount_fuse3() {
     let cfg = helper_profile(&server, work.path());
     let source = format!("{}:{}", server.system(), server.path("."));
     let opts = format!(
-        "profile=test,config={},allow_other,_netdev,noauto,user,nofail",
+        "defaults,profile=test,config={},allow_other,_netdev,noauto,user,nofail",
         cfg.display()
     );
     let mut guard = Guard::new(&mp);
@@ -449,6 +449,40 @@ fn mount_t_fuse_f7tfs_goes_through_mount_fuse3() {
     assert!(um.status.success(), "umount: {}", text(&um.stderr));
     assert!(!is_mounted(&mp));
     let pid = guard.pid.expect("the background start prints its pid");
+    wait_until("the daemon to exit after umount", 30, || !pid_alive(pid));
+    guard.pid = None;
+    if !via_mount8 {
+        return;
+    }
+
+    // The same as an fstab line (mount -T reads another fstab file than /etc/fstab).
+    let fstab = work.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# f7tfs test\n{source} {} fuse.f7tfs {opts} 0 0\n",
+            mp.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&mp)
+        .env_clear()
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    guard.pid = printed_pid(&err);
+    assert!(out.status.success(), "mount via fstab line failed: {err}");
+    assert!(is_mounted(&mp));
+    assert_eq!(
+        std::fs::read_to_string(mp.join("new.txt")).unwrap(),
+        "written\n"
+    );
+    let um = Command::new("umount").arg(&mp).output().unwrap();
+    assert!(um.status.success(), "umount: {}", text(&um.stderr));
+    let pid = guard.pid.expect("pid printed");
     wait_until("the daemon to exit after umount", 30, || !pid_alive(pid));
     guard.pid = None;
 }

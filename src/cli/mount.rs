@@ -283,7 +283,13 @@ impl MountArgs {
                 | "lazytime"
                 | "fsname"
                 | "subtype"
-                | "comment" => {}
+                | "comment"
+                | "defaults"
+                | "diratime"
+                | "nodiratime"
+                | "strictatime"
+                | "silent"
+                | "loud" => {}
                 other if other.starts_with("x-") => {}
                 other => {
                     return Err(format!(
