@@ -114,9 +114,19 @@ pub fn sd_notify(state: &str) -> bool {
 
 /// The mount point exists, is a directory and is not mounted yet (one-line error otherwise).
 pub fn check_mountpoint(mp: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(mp).map_err(|e| {
+    let mut meta = std::fs::metadata(mp);
+    if meta
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotConnected)
+    {
+        // A FUSE mount whose daemon died (the kernel still holds it): nothing can be served
+        // through it any more, so it is cleared (a crashed mount restarted by systemd).
+        tracing::warn!(mountpoint = %mp.display(), "clearing a stale mount left by a dead daemon");
+        unmount(mp);
+        meta = std::fs::metadata(mp);
+    }
+    let meta = meta.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotConnected {
-            // A FUSE mount whose daemon died: the kernel still holds it.
             return format!(
                 "{} is a stale mount (its f7tfs is gone); clear it with fusermount3 -uz {}",
                 mp.display(),

@@ -604,6 +604,67 @@ fn sd_notify_ready_once_live_and_stopping_on_sigterm() {
 }
 
 #[test]
+fn a_stale_mount_of_a_killed_daemon_is_cleared_by_the_next_mount() {
+    let server = TestServer::start();
+    std::fs::write(server.root().join("s.txt"), "S").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mp = work.path().join("mnt");
+    std::fs::create_dir(&mp).unwrap();
+    let mut guard = Guard::new(&mp);
+    let source = format!("{}:{}", server.system(), server.path("."));
+    let args = |fg: bool| {
+        let mut a = vec!["mount".to_string()];
+        if fg {
+            a.push("-f".into());
+        }
+        a.extend([
+            source.clone(),
+            mp.display().to_string(),
+            "--staging-dir".into(),
+            work.path().join("staging").display().to_string(),
+            "--cache-dir".into(),
+            work.path().join("cache").display().to_string(),
+        ]);
+        a
+    };
+    let child = Command::new(BIN)
+        .args(args(true))
+        .env("FIRECREST_URL", server.url())
+        .env("FIRECREST_CLIENT_ID", "f7tfs")
+        .env("FIRECREST_CLIENT_SECRET", "f7tfs")
+        .env("AUTH_TOKEN_URL", server.token_url())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    guard.child = Some(child);
+    wait_until("the first mount", 30, || is_mounted(&mp));
+    // SIGKILL: no chance to unmount; the kernel keeps a dead mount.
+    let mut first = guard.child.take().unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let err = std::fs::metadata(&mp).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected, "{err}");
+
+    let a = args(false);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let out = f7tfs(&a, Some(&server), &[]);
+    let stderr = text(&out.stderr);
+    guard.pid = printed_pid(&stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(mp.join("s.txt")).unwrap(), "S");
+    assert!(Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mp)
+        .status()
+        .unwrap()
+        .success());
+    let pid = guard.pid.expect("pid printed");
+    wait_until("the daemon to exit", 30, || !pid_alive(pid));
+    guard.pid = None;
+}
+
+#[test]
 fn systemd_units_pass_systemd_analyze_verify() {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let files: Vec<PathBuf> = std::fs::read_dir(&units)
