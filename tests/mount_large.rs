@@ -389,6 +389,24 @@ fn a_failed_large_upload_is_the_error_of_close_and_stays_staged() {
         .find(|p| p.extension().is_some_and(|x| x == "data"))
         .unwrap();
     assert_eq!(sha256(data_file), sha256_of(&data));
+    // `f7tfs status` lists it as failed, with the cause (the daemon rewrites its state every
+    // second).
+    let mp = m.path().display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let (code, out) = status(&m, &[&mp]);
+        assert_eq!(code, 0, "{out}");
+        if out.contains("failed") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        shown.contains("staged writes waiting for the remote: 1")
+            && shown.contains("failed")
+            && shown.contains("big.dat"),
+        "{shown}"
+    );
     // The server works again: unmount sends it.
     m.server().set_faults(&[]);
     assert!(m.unmount().expect("daemon exits").success());

@@ -258,17 +258,28 @@ impl<R: RemoteFs> Filesystem<R> {
         let mut rows: Vec<crate::status::StagedRow> = files
             .iter()
             .filter_map(|f| {
-                let m = f.meta.lock();
-                (m.dirty && !m.unlinked).then(|| crate::status::StagedRow {
+                let m = f.meta();
+                if !m.dirty || m.unlinked {
+                    return None;
+                }
+                // The staged lock is held while an upload runs (or a write is staged); else
+                // the manifest tells whether the last upload failed, and why.
+                let (state, cause) = match f.staged.try_lock() {
+                    Err(_) => ("uploading".to_string(), None),
+                    Ok(g) => g
+                        .as_ref()
+                        .and_then(|sf| std::fs::read(sf.manifest_path()).ok())
+                        .and_then(|t| serde_json::from_slice::<crate::staging::Manifest>(&t).ok())
+                        .filter(|man| man.state == crate::staging::StagedState::Failed)
+                        .map_or(("waiting".to_string(), None), |man| {
+                            ("failed".to_string(), man.cause)
+                        }),
+                };
+                Some(crate::status::StagedRow {
                     path: m.path.to_string(),
-                    // Held while an upload runs (or a write is being staged).
-                    state: if f.staged.try_lock().is_err() {
-                        "uploading".into()
-                    } else {
-                        "waiting".into()
-                    },
+                    state,
                     size: m.staged_size.unwrap_or(0),
-                    cause: None,
+                    cause,
                 })
             })
             .collect();
