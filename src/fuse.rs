@@ -291,17 +291,19 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn open(&mut self, _req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let pid = req.pid();
         self.spawn("open", ino, |fs| async move {
             match fs.open(ino, flags).await {
-                Ok(o) => reply.opened(
-                    o.fh,
-                    if o.keep_cache {
+                Ok(o) => {
+                    fs.set_opener(o.fh, pid);
+                    let keep = if o.keep_cache {
                         consts::FOPEN_KEEP_CACHE
                     } else {
                         0
-                    },
-                ),
+                    };
+                    reply.opened(o.fh, keep)
+                }
                 Err(e) => reply.error(fail("open", e)),
             }
         });
@@ -347,16 +349,10 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn flush(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        fh: u64,
-        _lock_owner: u64,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&mut self, req: &Request<'_>, ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+        let pid = req.pid();
         self.spawn("flush", ino, |fs| async move {
-            match fs.flush(fh).await {
+            match fs.flush_by(fh, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(fail("flush", e)),
             }
@@ -508,7 +504,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
 
     fn create(
         &mut self,
-        _req: &Request<'_>,
+        req: &Request<'_>,
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -517,15 +513,19 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         reply: ReplyCreate,
     ) {
         let name = name.to_owned();
+        let pid = req.pid();
         self.spawn("create", parent, |fs| async move {
             match fs.create(parent, &name, mode, umask, flags).await {
-                Ok(c) => reply.created(
-                    &c.entry.ttl,
-                    &c.entry.attr,
-                    c.entry.generation,
-                    c.opened.fh,
-                    0,
-                ),
+                Ok(c) => {
+                    fs.set_opener(c.opened.fh, pid);
+                    reply.created(
+                        &c.entry.ttl,
+                        &c.entry.attr,
+                        c.entry.generation,
+                        c.opened.fh,
+                        0,
+                    )
+                }
                 Err(e) => reply.error(fail("create", e)),
             }
         });

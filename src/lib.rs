@@ -19,3 +19,4 @@ pub mod mount;
 pub mod remote;
 pub mod server;
 pub mod staging;
+pub mod status;

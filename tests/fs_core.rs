@@ -804,6 +804,77 @@ async fn large_file_partial_reads_fetch_only_what_is_asked() {
 }
 
 #[tokio::test]
+async fn large_file_ranges_stay_on_disk_and_reopen_needs_no_job() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(64 * 1024, 128 * 1024));
+    let data: Vec<u8> = (0..6_000_000u32).map(|i| (i % 253) as u8).collect();
+    r(&h).put_file(&path("big.bin"), &data, SystemTime::now());
+    let ino = found(&h, ROOT_INO, "big.bin").await.attr.ino;
+    // A random peek is kept: reading it again costs nothing.
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    h.fs.read(o.fh, 3_000_000, 4096).await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    r(&h).reset_calls();
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(o.keep_cache, "unchanged file: the kernel keeps its pages");
+    let again = h.fs.read(o.fh, 3_000_000, 4096).await.unwrap();
+    assert_eq!(&again[..], &data[3_000_000..3_004_096]);
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).calls("stage_download"), 0);
+    assert_eq!(r(&h).range_bytes(), 0);
+    // A full read, then reopening: from the disk cache, no job, no ranged read.
+    assert_eq!(read_all(&h, ino).await, data);
+    r(&h).reset_calls();
+    assert_eq!(read_all(&h, ino).await, data);
+    assert_eq!(r(&h).calls("stage_download"), 0);
+    assert_eq!(r(&h).range_bytes(), 0);
+    assert!(h.fs.content_stats().hits > 0);
+    // Appending needs the content first: it comes from disk too.
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_APPEND)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"tail").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).range_bytes(), 0);
+    assert_eq!(r(&h).calls("upload_large"), 1);
+    let got = r(&h).content(&path("big.bin")).unwrap();
+    assert_eq!(&got[..data.len()], &data[..]);
+    assert_eq!(&got[data.len()..], b"tail");
+    // The changed file (new size) misses the old version's cache.
+    r(&h).reset_calls();
+    h.clock.advance(Duration::from_secs(10));
+    let mut want = data.clone();
+    want.extend_from_slice(b"tail");
+    assert_eq!(read_all(&h, ino).await, want);
+    assert!(r(&h).range_bytes() > 0);
+}
+
+#[tokio::test]
+async fn appending_to_an_uncached_large_file_fetches_it_once_in_ranges() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(64 * 1024, 128 * 1024));
+    let data: Vec<u8> = (0..20_000_000u32).map(|i| (i % 249) as u8).collect();
+    r(&h).put_file(&path("big.bin"), &data, SystemTime::now());
+    let ino = found(&h, ROOT_INO, "big.bin").await.attr.ino;
+    r(&h).reset_calls();
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_APPEND)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"!").await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(r(&h).calls("stage_download"), 1);
+    assert_eq!(
+        r(&h).range_bytes(),
+        data.len() as u64,
+        "each byte fetched once"
+    );
+    assert_eq!(r(&h).calls("read_range"), 3, "8 MiB ranges");
+    let got = r(&h).content(&path("big.bin")).unwrap();
+    assert_eq!(got.len(), data.len() + 1);
+    assert!(got[..data.len()] == data[..]);
+}
+
+#[tokio::test]
 async fn large_file_writes_use_the_staged_upload() {
     let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
     let big = vec![9u8; 5000];

@@ -66,6 +66,9 @@ pub struct MetadataCache {
     negative_ttl: Duration,
     dir_ttl: Duration,
     inner: Mutex<Inner>,
+    /// Lookups answered by the cache / not (for `f7tfs status`).
+    hits: std::sync::atomic::AtomicU64,
+    misses: std::sync::atomic::AtomicU64,
 }
 
 impl MetadataCache {
@@ -77,7 +80,20 @@ impl MetadataCache {
             negative_ttl: config.negative_ttl,
             dir_ttl: config.dir_ttl,
             inner: Mutex::new(Inner::default()),
+            hits: Default::default(),
+            misses: Default::default(),
         }
+    }
+
+    /// (hits, misses) of `attr` and `lookup` so far.
+    pub fn hit_counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.hits.load(Relaxed), self.misses.load(Relaxed))
+    }
+
+    fn count(&self, hit: bool) {
+        let c = if hit { &self.hits } else { &self.misses };
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The attribute TTL (also what the kernel is told).
@@ -99,11 +115,14 @@ impl MetadataCache {
     pub fn attr(&self, path: &RemotePath) -> Option<CachedAttr> {
         let now = self.clock.now();
         let inner = self.inner.lock();
-        inner
+        let found = inner
             .attrs
             .get(path)
             .filter(|e| e.expires > now)
-            .map(|e| e.attr.clone())
+            .map(|e| e.attr.clone());
+        drop(inner);
+        self.count(found.is_some());
+        found
     }
 
     /// Attributes of `path` even if expired (to compare versions after a revalidation).
@@ -113,6 +132,12 @@ impl MetadataCache {
 
     /// What the cache alone says about `path`.
     pub fn lookup(&self, path: &RemotePath) -> Lookup {
+        let answer = self.lookup_inner(path);
+        self.count(!matches!(answer, Lookup::Unknown));
+        answer
+    }
+
+    fn lookup_inner(&self, path: &RemotePath) -> Lookup {
         let now = self.clock.now();
         let inner = self.inner.lock();
         if let Some(e) = inner.attrs.get(path).filter(|e| e.expires > now) {

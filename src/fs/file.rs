@@ -177,6 +177,7 @@ impl<R: RemoteFs> Filesystem<R> {
             write,
             append: flags & libc::O_APPEND != 0,
             wrote: AtomicBool::new(false),
+            opener: std::sync::atomic::AtomicU32::new(0),
             version,
             small: tokio::sync::Mutex::new(None),
             reader: tokio::sync::Mutex::new(None),
@@ -235,6 +236,7 @@ impl<R: RemoteFs> Filesystem<R> {
             write: true,
             append: flags & libc::O_APPEND != 0,
             wrote: AtomicBool::new(false),
+            opener: std::sync::atomic::AtomicU32::new(0),
             version: (0, stat.mtime),
             small: tokio::sync::Mutex::new(None),
             reader: tokio::sync::Mutex::new(None),
@@ -284,6 +286,33 @@ impl<R: RemoteFs> Filesystem<R> {
         self.write_back(&h.file).await
     }
 
+    /// Records which process opened `fh` (the kernel's pid of the open request).
+    pub fn set_opener(&self, fh: u64, pid: u32) {
+        if let Some(h) = self.handles.file(fh) {
+            h.opener.store(tgid_of(pid), Ordering::Relaxed);
+        }
+    }
+
+    /// `flush` as the kernel sends it, with the pid of the closing task. A close by another
+    /// process does not upload: the kernel also flushes when a child that inherited the
+    /// descriptor (fork) closes it at exec (O_CLOEXEC), which would send a half-written large
+    /// file in the middle of a copy, and could deadlock a process that both writes to the
+    /// mount and serves its remote. The writer's own close (or the release) uploads.
+    pub async fn flush_by(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let opener = h.opener.load(Ordering::Relaxed);
+        if opener != 0 && pid != 0 && pid != opener && tgid_of(pid) != opener {
+            tracing::debug!(
+                fh,
+                pid,
+                opener,
+                "flush by another process: upload left to the writer"
+            );
+            return Ok(());
+        }
+        self.flush(fh).await
+    }
+
     /// `fsync`: the staged data is made durable on local disk, then uploaded; returns once
     /// the remote confirmed (a clean file is already on the remote).
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
@@ -313,4 +342,16 @@ impl<R: RemoteFs> Filesystem<R> {
     pub fn attr_of(&self, ino: InodeNo, stat: &Stat) -> fuser::FileAttr {
         attr::to_file_attr(ino, stat, &self.ids)
     }
+}
+
+/// The thread-group id (process id) of task `pid`, from /proc; `pid` itself when unknown.
+fn tgid_of(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
 }

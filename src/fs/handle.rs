@@ -83,7 +83,8 @@ impl OpenFile {
 
 /// Per-handle state of a large file being read through the staging area.
 pub struct LargeReader {
-    pub object: StagedObject,
+    /// Staged on the first fetch from the remote.
+    pub object: Option<StagedObject>,
     pub buf_start: u64,
     pub buf: Bytes,
     /// Where a sequential reader is expected next.
@@ -95,6 +96,8 @@ pub struct LargeReader {
         u64,
         tokio::task::JoinHandle<crate::remote::RemoteResult<Bytes>>,
     )>,
+    /// Listed as a download in flight while the reader fetches from the remote.
+    pub transfer: Option<crate::status::TransferGuard>,
 }
 
 impl Drop for LargeReader {
@@ -116,6 +119,8 @@ pub struct Handle {
     pub append: bool,
     /// Data was written (or the file truncated) through this handle.
     pub wrote: std::sync::atomic::AtomicBool,
+    /// Thread-group id of the process that opened it (0: unknown), see `flush_by`.
+    pub opener: std::sync::atomic::AtomicU32,
     /// (size, mtime) the file had when opened, for clean reads.
     pub version: (u64, SystemTime),
     /// Whole content of a small file, fetched on first read.

@@ -146,6 +146,8 @@ pub struct Filesystem<R: RemoteFs> {
     /// Until when the remote counts as unreachable: metadata answers come from the (stale)
     /// cache without asking it again (see `OFFLINE_GRACE`).
     offline_until: Mutex<Option<std::time::Instant>>,
+    /// Large transfers in flight (progress for the log and `f7tfs status`).
+    transfers: Arc<crate::status::Transfers>,
 }
 
 /// After a transient failure (unreachable, overloaded, deadline passed), metadata of paths
@@ -234,12 +236,69 @@ impl<R: RemoteFs> Filesystem<R> {
             },
             leftovers,
             offline_until: Mutex::new(None),
+            transfers: Arc::default(),
         })
     }
 
     /// The remote client.
     pub fn remote(&self) -> &R {
         &self.remote
+    }
+
+    /// Large transfers in flight.
+    pub fn transfers(&self) -> &Arc<crate::status::Transfers> {
+        &self.transfers
+    }
+
+    /// Content cache hits, misses and use.
+    pub fn content_stats(&self) -> crate::cache::content::ContentStats {
+        self.content.stats()
+    }
+
+    /// Attribute cache (hits, misses).
+    pub fn attr_hit_counts(&self) -> (u64, u64) {
+        self.cache.hit_counts()
+    }
+
+    /// Staged writes the remote does not have yet: dirty or failed files of this run, and
+    /// leftovers of earlier runs.
+    pub fn staged_rows(&self) -> Vec<crate::status::StagedRow> {
+        let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
+        let mut rows: Vec<crate::status::StagedRow> = files
+            .iter()
+            .filter_map(|f| {
+                let m = f.meta();
+                if !m.dirty || m.unlinked {
+                    return None;
+                }
+                // The staged lock is held while an upload runs (or a write is staged); else
+                // the manifest tells whether the last upload failed, and why.
+                let (state, cause) = match f.staged.try_lock() {
+                    Err(_) => ("uploading".to_string(), None),
+                    Ok(g) => g
+                        .as_ref()
+                        .and_then(|sf| std::fs::read(sf.manifest_path()).ok())
+                        .and_then(|t| serde_json::from_slice::<crate::staging::Manifest>(&t).ok())
+                        .filter(|man| man.state == crate::staging::StagedState::Failed)
+                        .map_or(("waiting".to_string(), None), |man| {
+                            ("failed".to_string(), man.cause)
+                        }),
+                };
+                Some(crate::status::StagedRow {
+                    path: m.path.to_string(),
+                    state,
+                    size: m.staged_size.unwrap_or(0),
+                    cause,
+                })
+            })
+            .collect();
+        rows.extend(self.leftovers.iter().map(|l| crate::status::StagedRow {
+            path: l.manifest.remote_path.clone(),
+            state: "earlier run".into(),
+            size: l.manifest.size,
+            cause: l.manifest.cause.clone(),
+        }));
+        rows
     }
 
     /// Staged writes of earlier runs found at startup.

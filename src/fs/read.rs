@@ -1,7 +1,12 @@
 //! Reads: small files whole (content cache, else one `download`), large ones through a
 //! staged object with ranged reads: a sequential reader gets a read-ahead window growing
 //! from 1 MiB to 64 MiB with several ranges in flight, a random read fetches only what is
-//! asked. Staged objects are reused per (path, size, mtime) while their URL is valid.
+//! asked. Every fetched range of a large file goes into the sparse on-disk content cache, and
+//! reads it covers are served from disk; the staged object is requested only when a read
+//! needs the remote (a reopened, cached file needs no job). Staged objects are reused per
+//! (path, size, mtime) while their URL is valid. Writers without O_TRUNC get the content
+//! copied into their staged file (`fetch_into`: cached ranges from disk, the rest in parallel
+//! ranges). Large transfers are listed in `status::Transfers` for the log and `f7tfs status`.
 
 use std::time::{Duration, SystemTime};
 
@@ -12,14 +17,16 @@ use super::Filesystem;
 use crate::error::FsResult;
 use crate::remote::{RemoteFs, RemotePath, StagedObject, Stat};
 use crate::staging::StagedFile;
+use crate::status::Direction;
 
 /// First read-ahead window of a sequential reader, and its cap.
 const READAHEAD_MIN: u64 = 1 << 20;
 const READAHEAD_MAX: u64 = 64 << 20;
 /// Ranged reads in flight for one window.
 const RANGES_IN_FLIGHT: u64 = 4;
-/// Chunk of a large file fetched into a staged copy.
+/// Chunk of a large file fetched into a staged copy, and how many are in flight.
 const FETCH_CHUNK: u64 = 8 << 20;
+const FETCH_PARALLEL: usize = 4;
 /// A staged object is not used when it expires sooner than this.
 const OBJECT_MARGIN: Duration = Duration::from_secs(60);
 
@@ -77,7 +84,9 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(data)
     }
 
-    /// Copies the remote content of `path` into a staged file.
+    /// Copies the remote content of `path` into a staged file (writers without O_TRUNC):
+    /// ranges already in the content cache from disk, the rest from the staged object in
+    /// `FETCH_CHUNK` ranges, `FETCH_PARALLEL` in flight.
     pub(super) async fn fetch_into(
         &self,
         path: &RemotePath,
@@ -92,18 +101,51 @@ impl<R: RemoteFs> Filesystem<R> {
             sf.write_at(0, &data)?;
             return Ok(());
         }
-        let object = self.staged_object(path, stat.size, stat.mtime).await?;
+        let (size, mtime) = (stat.size, stat.mtime);
+        sf.set_len(size)?;
+        let mut missing = Vec::new();
         let mut offset = 0;
-        while offset < object.size {
-            let len = FETCH_CHUNK.min(object.size - offset);
-            let data = self.remote.read_range(&object, offset, len).await?;
-            if data.is_empty() {
-                break;
+        while offset < size {
+            let len = FETCH_CHUNK.min(size - offset);
+            match self.content.read_range(path, size, mtime, offset, len) {
+                Some(data) => sf.write_at(offset, &data)?,
+                None => missing.push((offset, len)),
             }
-            sf.write_at(offset, &data)?;
-            offset += data.len() as u64;
+            offset += len;
         }
-        Ok(())
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let transfer = self
+            .transfers
+            .start(path.as_str(), Direction::Download, size);
+        transfer.set(size - missing.iter().map(|(_, l)| l).sum::<u64>());
+        transfer.phase("staging");
+        let object = self.staged_object(path, size, mtime).await?;
+        transfer.phase("transfer");
+        use futures_util::{StreamExt, TryStreamExt};
+        let remote = &self.remote;
+        let object = &object;
+        futures_util::stream::iter(missing)
+            .map(|(offset, len)| async move {
+                let data = remote.read_range(object, offset, len).await?;
+                Ok::<_, crate::error::FsError>((offset, len, data))
+            })
+            .buffer_unordered(FETCH_PARALLEL)
+            .try_for_each(|(offset, len, data)| {
+                let transfer = &transfer;
+                async move {
+                    if (data.len() as u64) < len {
+                        return Err(crate::error::FsError::LocalIo(format!(
+                            "{path} changed while it was fetched: short range at {offset}"
+                        )));
+                    }
+                    sf.write_at(offset, &data)?;
+                    transfer.add(len);
+                    Ok(())
+                }
+            })
+            .await
     }
 
     /// `read`: staged copy if any, else the small file's content or ranged reads.
@@ -133,6 +175,16 @@ impl<R: RemoteFs> Filesystem<R> {
         self.read_large(&h, &path, offset, size).await
     }
 
+    /// Keeps fetched bytes of a large file in the content cache.
+    fn cache_range(&self, h: &Handle, path: &RemotePath, offset: u64, data: &[u8]) {
+        if let Err(e) = self
+            .content
+            .write_range(path, h.version.0, h.version.1, offset, data)
+        {
+            tracing::debug!(%path, "content cache write failed: {e}");
+        }
+    }
+
     pub(super) async fn read_large(
         &self,
         h: &Handle,
@@ -141,21 +193,16 @@ impl<R: RemoteFs> Filesystem<R> {
         size: u32,
     ) -> FsResult<Bytes> {
         let mut guard = h.reader.lock().await;
-        if guard.is_none() {
-            let object = self.staged_object(path, h.version.0, h.version.1).await?;
-            *guard = Some(LargeReader {
-                object,
-                buf_start: 0,
-                buf: Bytes::new(),
-                next: 0,
-                window: 0,
-                ahead: None,
-            });
-        }
-        let Some(r) = guard.as_mut() else {
-            return Ok(Bytes::new());
-        };
-        let total = r.object.size;
+        let r = guard.get_or_insert_with(|| LargeReader {
+            object: None,
+            buf_start: 0,
+            buf: Bytes::new(),
+            next: 0,
+            window: 0,
+            ahead: None,
+            transfer: None,
+        });
+        let (total, mtime) = h.version;
         if offset >= total {
             return Ok(Bytes::new());
         }
@@ -169,6 +216,13 @@ impl<R: RemoteFs> Filesystem<R> {
                     if let Some((start, task)) = r.ahead.take() {
                         match task.await {
                             Ok(Ok(data)) => {
+                                self.cache_range(h, path, start, &data);
+                                if let Some(t) = &r.transfer {
+                                    t.add(data.len() as u64);
+                                }
+                                if start + data.len() as u64 >= total {
+                                    r.transfer = None;
+                                }
                                 r.buf_start = start;
                                 r.buf = data;
                                 buf_end = r.buf_start + r.buf.len() as u64;
@@ -185,8 +239,16 @@ impl<R: RemoteFs> Filesystem<R> {
             let out = r
                 .buf
                 .slice((offset - r.buf_start) as usize..(end - r.buf_start) as usize);
-            self.prefetch(r, buf_end);
+            self.prefetch(h, path, r, buf_end).await?;
             return Ok(out);
+        }
+        // On local disk already (an earlier open, or an earlier read of this one).
+        if let Some(data) = self
+            .content
+            .read_range(path, total, mtime, offset, end - offset)
+        {
+            r.next = end;
+            return Ok(Bytes::from(data));
         }
         // Sequential: right where the last read ended (or inside the window just fetched,
         // as the kernel's async reads may arrive slightly out of order).
@@ -208,14 +270,23 @@ impl<R: RemoteFs> Filesystem<R> {
         };
         let fetch_end = (offset + want).min(total);
         let parts = if sequential { RANGES_IN_FLIGHT } else { 1 };
+        let object = self.reader_object(h, path, r).await?;
         let data = fetch_ranges(
             self.remote.clone(),
-            r.object.clone(),
+            object,
             offset,
             fetch_end - offset,
             parts,
         )
         .await?;
+        self.cache_range(h, path, offset, &data);
+        if let Some(t) = &r.transfer {
+            t.add(data.len() as u64);
+        }
+        if offset + data.len() as u64 >= total {
+            // Read to the end: no longer a transfer in flight.
+            r.transfer = None;
+        }
         r.buf_start = offset;
         r.buf = data;
         r.next = end;
@@ -223,32 +294,70 @@ impl<R: RemoteFs> Filesystem<R> {
         let out = r.buf.slice(0..n);
         if sequential {
             let buf_end = r.buf_start + r.buf.len() as u64;
-            self.prefetch(r, buf_end);
+            self.prefetch(h, path, r, buf_end).await?;
         }
         Ok(out)
     }
 
+    /// The staged object of a reader, staged on its first remote fetch (a reopened file
+    /// whose content is on disk needs none); a transfer is listed from then on.
+    async fn reader_object(
+        &self,
+        h: &Handle,
+        path: &RemotePath,
+        r: &mut LargeReader,
+    ) -> FsResult<StagedObject> {
+        if let Some(o) = &r.object {
+            return Ok(o.clone());
+        }
+        let t = self
+            .transfers
+            .start(path.as_str(), Direction::Download, h.version.0);
+        t.phase("staging");
+        let o = self.staged_object(path, h.version.0, h.version.1).await?;
+        t.phase("transfer");
+        r.transfer = Some(t);
+        r.object = Some(o.clone());
+        Ok(o)
+    }
+
     /// A sequential reader past half of its buffer gets the next window fetched in the
-    /// background, so the link stays busy while the application consumes.
-    fn prefetch(&self, r: &mut LargeReader, buf_end: u64) {
-        let total = r.object.size;
+    /// background, so the link stays busy while the application consumes. A window already
+    /// on disk is not fetched.
+    async fn prefetch(
+        &self,
+        h: &Handle,
+        path: &RemotePath,
+        r: &mut LargeReader,
+        buf_end: u64,
+    ) -> FsResult<()> {
+        let total = h.version.0;
         if r.window == 0 || r.ahead.is_some() || buf_end >= total {
-            return;
+            return Ok(());
         }
         let consumed = r.next.saturating_sub(r.buf_start);
         if consumed * 2 < r.buf.len() as u64 {
-            return;
+            return Ok(());
         }
-        r.window = (r.window * 2).min(READAHEAD_MAX);
-        let len = r.window.min(total - buf_end);
+        let window = (r.window * 2).min(READAHEAD_MAX);
+        let len = window.min(total - buf_end);
+        if self
+            .content
+            .has_range(path, total, h.version.1, buf_end, len)
+        {
+            return Ok(());
+        }
+        r.window = window;
+        let object = self.reader_object(h, path, r).await?;
         let task = tokio::spawn(fetch_ranges(
             self.remote.clone(),
-            r.object.clone(),
+            object,
             buf_end,
             len,
             RANGES_IN_FLIGHT,
         ));
         r.ahead = Some((buf_end, task));
+        Ok(())
     }
 }
 

@@ -387,9 +387,13 @@ impl<R: RemoteFs> Filesystem<R> {
                 return Ok(stat);
             }
         } else {
+            let transfer =
+                self.transfers
+                    .start(m.path.as_str(), crate::status::Direction::Upload, size);
             self.remote
-                .upload_large(&m.path, sf.data_path(), size, None)
+                .upload_large(&m.path, sf.data_path(), size, Some(transfer.progress()))
                 .await?;
+            drop(transfer);
         }
         let mut stat = self.remote.stat(&m.path).await?;
         if m.new {
