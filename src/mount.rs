@@ -281,11 +281,12 @@ pub fn run_with_status<R: RemoteFs>(
             .map_err(|e| format!("cannot prepare the staging area or cache: {e}"))?,
     );
     if !fs.leftovers().is_empty() {
+        let dir = fs.staging_dir().display();
         eprintln!(
             "f7tfs: {} staged write(s) of an earlier run never reached the remote; they are kept \
-             in {}",
+             in {dir} (after unmounting, `f7tfs recover --staging-dir {dir}` lists them and \
+             `f7tfs recover --staging-dir {dir} SYSTEM` uploads them)",
             fs.leftovers().len(),
-            fs.staging_dir().display()
         );
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), mount_cfg.max_in_flight_ops);
