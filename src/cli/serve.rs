@@ -160,6 +160,9 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
             cfg.client_secret.clone(),
             cfg.system.clone(),
         );
+        // Watch SIGTERM before announcing anything: a supervisor may stop us right away.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
         let handle = server::spawn(cfg).await.map_err(|e| e.to_string())?;
         println!(
             "# f7tfs serve: FirecREST v2 on {} serving {} as user {}",
@@ -174,8 +177,6 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
         println!("export FIRECREST_SYSTEM={system}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -19,6 +19,8 @@ use super::{RemoteError, RemoteResult};
 
 /// A token whose lifetime we cannot read (opaque command or file token) is reused this long.
 const OPAQUE_TOKEN_CACHE: Duration = Duration::from_secs(60);
+/// The v2 server refuses tokens with less life left than this.
+const SERVER_MIN_TTL: Duration = Duration::from_secs(30);
 /// Attempts against the token endpoint on transient failures.
 const TOKEN_ATTEMPTS: u32 = 3;
 
@@ -26,6 +28,8 @@ const TOKEN_ATTEMPTS: u32 = 3;
 struct Cached {
     token: String,
     refresh_at: Instant,
+    /// Past this the server refuses the token (expiry minus its 30 s minimum), if known.
+    usable_until: Option<Instant>,
     /// Token file: the mtime the token was read at (a change re-reads it).
     file_mtime: Option<SystemTime>,
 }
@@ -113,10 +117,22 @@ impl TokenProvider {
                 return Ok(c.token.clone());
             }
         }
-        let fresh = self.fetch().await?;
-        let token = fresh.token.clone();
-        *state = Some(fresh);
-        Ok(token)
+        match self.fetch().await {
+            Ok(fresh) => {
+                let token = fresh.token.clone();
+                *state = Some(fresh);
+                Ok(token)
+            }
+            // The token endpoint is down but the old token still works: keep using it.
+            Err(e) if e.is_transient() => match state.as_ref() {
+                Some(c) if c.usable_until.is_some_and(|u| Instant::now() < u) => {
+                    tracing::warn!("token refresh failed, reusing the current token: {e}");
+                    Ok(c.token.clone())
+                }
+                _ => Err(e),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// The server refused `token` (401): forget it so the next `token()` fetches a new one.
@@ -217,6 +233,7 @@ impl TokenProvider {
             return Ok(Cached {
                 token: answer.access_token,
                 refresh_at,
+                usable_until: (started + lifetime).checked_sub(SERVER_MIN_TTL),
                 file_mtime: None,
             });
         }
@@ -267,13 +284,15 @@ impl TokenProvider {
 
 fn cache_opaque(token: String, file_mtime: Option<SystemTime>) -> Cached {
     let now = Instant::now();
-    let keep = match jwt_remaining(&token, SystemTime::now()) {
+    let left = jwt_remaining(&token, SystemTime::now());
+    let keep = match left {
         Some(left) => left.saturating_sub(refresh_margin(left)),
         None => OPAQUE_TOKEN_CACHE,
     };
     Cached {
         token,
         refresh_at: now + keep,
+        usable_until: left.and_then(|l| (now + l).checked_sub(SERVER_MIN_TTL)),
         file_mtime,
     }
 }
@@ -357,6 +376,30 @@ mod tests {
         .unwrap();
         let e = bad.token().await.unwrap_err().to_string();
         assert!(e.contains("nope") && e.contains("FIRECREST_TOKEN_COMMAND") && !e.contains('\n'));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("n");
+        let cmd = format!("sleep 0.2; echo x >> {0}; echo tok", counter.display());
+        let p = std::sync::Arc::new(
+            TokenProvider::new(Credentials::TokenCommand(cmd), Duration::from_secs(5)).unwrap(),
+        );
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move { p.token().await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "tok");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&counter).unwrap().lines().count(),
+            1
+        );
+        assert_eq!(p.fetch_count(), 1);
     }
 
     #[tokio::test]

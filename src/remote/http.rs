@@ -226,8 +226,10 @@ pub fn retry_delay(
         Outcome::TransportFailed => idempotent,
         // 429: rejected by the gateway before processing; safe for every call.
         Outcome::Status(429) => true,
-        Outcome::Status(408) => idempotent,
-        Outcome::Status(s) if (500..600).contains(&s) => idempotent,
+        // The remote command ran out of its (fixed) time: once more may help, five times not.
+        Outcome::Status(408) => idempotent && attempt == 0,
+        // 424: the server's SSH connection to the cluster failed.
+        Outcome::Status(s) if (500..600).contains(&s) || s == 424 => idempotent,
         Outcome::Status(_) => false,
     };
     if !retryable {
@@ -614,11 +616,18 @@ impl HttpClient {
                 }
             },
         };
+        let started = Instant::now();
         let response = match rb.send().await {
             Ok(r) => r,
             Err(e) => return transport_failure(&context, &e),
         };
         let status = response.status();
+        tracing::debug!(
+            call = %context,
+            status = status.as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "http"
+        );
         let headers = response.headers().clone();
         let body = match response.bytes().await {
             Ok(b) => b,
@@ -724,6 +733,7 @@ mod tests {
         let p = policy();
         for o in [
             Outcome::Status(500),
+            Outcome::Status(424),
             Outcome::Status(503),
             Outcome::Status(408),
             Outcome::TransportFailed,
@@ -755,6 +765,7 @@ mod tests {
     fn retries_stop_after_max_and_honour_retry_after() {
         let p = policy();
         assert!(retry_delay(&p, Outcome::Status(503), true, 3, None).is_none());
+        assert!(retry_delay(&p, Outcome::Status(408), true, 1, None).is_none());
         let d = retry_delay(
             &p,
             Outcome::Status(429),

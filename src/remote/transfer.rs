@@ -231,8 +231,12 @@ pub async fn read_range(
         return Ok(Bytes::new());
     }
     let last = offset + len - 1;
-    let call =
+    let mut call =
         Call::external(Method::GET, url, true).header(RANGE, format!("bytes={offset}-{last}"));
+    // Big read-ahead windows on a slow link need more than one call timeout.
+    let per_try = http.call_timeout() + Duration::from_secs(len / MIN_RATE);
+    call.timeout = Some(per_try);
+    call.deadline = Some(per_try * 4 + Duration::from_secs(60));
     match http.send(&call).await {
         Ok(reply) if reply.is_partial() => Ok(reply.body),
         Ok(reply) => {

@@ -161,6 +161,8 @@ pub(crate) enum Sink {
     Capture(usize),
     /// Stream into a server-owned file.
     File(PathBuf),
+    /// Read and drop (job output that Slurm would write to the log).
+    Discard,
 }
 
 /// The result of one command.
@@ -304,6 +306,9 @@ impl Runner {
                         }
                         captured.extend_from_slice(&chunk[..n]);
                     }
+                }
+                Sink::Discard => {
+                    written = tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await?;
                 }
                 Sink::File(path) => {
                     let mut f = tokio::fs::File::create(&path).await?;

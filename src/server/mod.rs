@@ -3,8 +3,8 @@
 //!
 //! Layout: this module owns the configuration, the listener, the router and the shared state
 //! plus the per-request middleware (stats, faults, latency, auth, `F7T-AppVersion`, one log
-//! line); `v2` the status and `ops/*` handlers; `transfer` the S3-like staging area and the
-//! transfer jobs; `token` the token endpoint; `faults` the fault plans and counters; `exec`
+//! line); `v2` the status and `ops/*` handlers; `transfer` the transfer jobs; `s3` the S3-like
+//! staging area; `token` the token endpoint; `faults` the fault plans and counters; `exec`
 //! the subprocess runner (as `--as-user`); `ls` the output parsers; `paths` the path rules.
 //!
 //! Public API for tests: [`ServeConfig`], [`spawn`], [`ServerHandle`].
@@ -13,6 +13,7 @@ mod exec;
 pub mod faults;
 mod ls;
 mod paths;
+mod s3;
 mod token;
 mod transfer;
 mod v2;
@@ -327,7 +328,7 @@ fn router(state: Shared) -> Router {
         .route("/status/liveness", get(v2::liveness))
         .route("/status/liveness/", get(v2::liveness))
         .route("/auth/token", post(token_endpoint))
-        .merge(transfer::s3_routes());
+        .merge(s3::s3_routes());
     let control = Router::new()
         .route("/_f7tfs/stats", get(stats_get).delete(stats_reset))
         .route("/_f7tfs/stats/reset", post(stats_reset))
@@ -341,7 +342,15 @@ fn router(state: Shared) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), common_mw))
         .merge(control)
+        .layer(middleware::map_response(version_header))
         .with_state(state)
+}
+
+/// `F7T-AppVersion` on every answer, the control endpoints included.
+async fn version_header(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert("f7t-appversion", HeaderValue::from_static(APP_VERSION));
+    resp
 }
 
 async fn not_found() -> Response {
@@ -390,7 +399,7 @@ async fn common_mw(State(st): State<Shared>, req: Request, next: Next) -> Respon
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    let mut resp = match fault {
+    let resp = match fault {
         Some(Fault::Drop) => {
             st.stats.fault(&key);
             st.stats.status(&key, "drop");
@@ -418,8 +427,6 @@ async fn common_mw(State(st): State<Shared>, req: Request, next: Next) -> Respon
             next.run(req).await
         }
     };
-    resp.headers_mut()
-        .insert("f7t-appversion", HeaderValue::from_static(APP_VERSION));
     st.stats.status(&key, resp.status().as_str());
     let ms = started.elapsed().as_millis() as u64;
     tracing::info!(%method, endpoint, status = resp.status().as_u16(), ms, "request");

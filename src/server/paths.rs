@@ -29,36 +29,57 @@ pub(crate) fn lexically_inside(path: &str, root: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Resolves `p` like the kernel would when following every symlink, but also through dangling
-/// links and missing components (which are kept as written). Bounded against link loops.
+/// Resolves `p` like the kernel would when following every symlink (`realpath -m`): component
+/// by component, expanding links in place (so a `..` after a link climbs from the link's
+/// target, as the kernel does), through dangling links and missing components (kept as
+/// written). Bounded against link loops.
 pub(crate) fn resolve(p: &Path) -> PathBuf {
-    resolve_depth(p, 0)
-}
-
-fn resolve_depth(p: &Path, depth: u32) -> PathBuf {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return c;
-    }
-    let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-        return p.to_path_buf();
-    };
-    let parent = resolve_depth(parent, depth + 1);
-    let joined = parent.join(name);
-    match std::fs::symlink_metadata(&joined) {
-        Ok(m) if m.file_type().is_symlink() && depth < 40 => match std::fs::read_link(&joined) {
-            Ok(target) => {
-                let next = if target.is_absolute() {
-                    target
-                } else {
-                    parent.join(target)
-                };
-                let next = PathBuf::from(normpath(&next.to_string_lossy()));
-                resolve_depth(&next, depth + 1)
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    let mut pending: VecDeque<std::ffi::OsString> = VecDeque::new();
+    let push_all = |pending: &mut VecDeque<std::ffi::OsString>, path: &Path, front: bool| {
+        let comps: Vec<std::ffi::OsString> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(n.to_os_string()),
+                Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        if front {
+            for c in comps.into_iter().rev() {
+                pending.push_front(c);
             }
-            Err(_) => joined,
-        },
-        _ => joined,
+        } else {
+            pending.extend(comps);
+        }
+    };
+    push_all(&mut pending, p, false);
+    let mut links = 0;
+    while let Some(c) = pending.pop_front() {
+        if c == ".." {
+            out.pop();
+            continue;
+        }
+        let candidate = out.join(&c);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && links < 40 => {
+                links += 1;
+                match std::fs::read_link(&candidate) {
+                    Ok(target) => {
+                        if target.is_absolute() {
+                            out = PathBuf::from("/");
+                        }
+                        push_all(&mut pending, &target, true);
+                    }
+                    Err(_) => out = candidate,
+                }
+            }
+            _ => out = candidate,
+        }
     }
+    out
 }
 
 /// Where the final component of `path` lands: followed (`follow`) or taken as it is (its

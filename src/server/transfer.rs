@@ -1,41 +1,35 @@
-//! Transfer jobs (`transfer/upload|download|mv|cp|rm|compress|extract`) and the S3-like staging
-//! area under `/_s3/{bucket}/{uuid}/{name}` on the same listener.
+//! Transfer jobs (`transfer/upload|download|mv|cp|rm|compress|extract`), read through
+//! `GET /compute/{system}/jobs/{id}` in the shape Slurm gives the real server.
 //!
-//! Jobs are tokio tasks: PENDING for `--job-delay-ms`, then RUNNING, then COMPLETED or FAILED,
-//! read through `GET /compute/{system}/jobs/{id}` in the shape Slurm gives the real server.
+//! Jobs are tokio tasks: PENDING for `--job-delay-ms`, then RUNNING, then COMPLETED or FAILED.
 //! Like the real job scripts they write `.f7t_file_handling_job[_error]_<uuid>.log` into the
 //! working directory (`ROOT/<user>` if it exists, else ROOT), as the served user. mv, cp, rm,
 //! compress and extract jobs end COMPLETED with exit code 0 even when their command failed (the
-//! real scripts' `exit $?` after `echo` is 0); only the log tells.
+//! real scripts' `exit $?` after `echo` is 0); only the log tells. The upload job polls the
+//! staging bucket (`s3`) for the completed object every `--upload-poll-ms` (the real job: every
+//! 60 s) and writes it to the target as the served user; the download job reads the source as
+//! the served user into the bucket.
 //!
-//! Staging objects and parts live in a server-owned temporary directory (mode 0700) and are
-//! streamed in and out, never held whole in memory. Presigned URLs carry `X-Amz-Date`,
-//! `X-Amz-Expires` and a signature (SHA-256 over a per-server random secret, the method, the
-//! key and the query); expired or forged URLs get S3's XML 403.
-//!
-//! Lock order: `jobs`, `uploads` and `objects` are separate short `parking_lot` locks, never
-//! held together and never across `.await`.
+//! Lock order: `jobs` is a short `parking_lot` lock, never held across `.await` nor together
+//! with the bucket's locks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::SeekFrom;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::exec::{Input, Sink};
+use super::s3::{file_etag, Bucket, StoredObject};
 use super::v2::{compress_argv, extract_argv, ApiError, Shared};
 use super::AppState;
 use crate::remote::v2::wire::{
@@ -43,14 +37,11 @@ use crate::remote::v2::wire::{
     TransferResponse,
 };
 
-/// The part of the state owned by this module.
+/// The part of the state owned by this module (and the staging bucket).
 pub(crate) struct Transfers {
-    dir: tempfile::TempDir,
-    secret: [u8; 32],
+    pub(crate) bucket: Bucket,
     next_job: AtomicU64,
     jobs: Mutex<HashMap<String, JobRecord>>,
-    uploads: Mutex<HashMap<String, MultipartUpload>>,
-    objects: Mutex<HashMap<String, StoredObject>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,24 +76,6 @@ struct JobRecord {
     cancel: bool,
 }
 
-struct MultipartUpload {
-    key: String,
-    parts: BTreeMap<u32, PartInfo>,
-}
-
-struct PartInfo {
-    path: PathBuf,
-    etag: String,
-}
-
-#[derive(Clone)]
-struct StoredObject {
-    path: PathBuf,
-    size: u64,
-    etag: String,
-}
-
-/// What a job does once it runs.
 enum JobKind {
     Move {
         src: String,
@@ -126,68 +99,22 @@ enum JobKind {
     },
     Tar {
         argv: Vec<String>,
-        what: &'static str,
+        compress: bool,
     },
 }
 
 impl Transfers {
     pub(crate) fn new() -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("f7tfs-s3-").tempdir()?;
-        std::fs::create_dir(dir.path().join("parts"))?;
-        std::fs::create_dir(dir.path().join("objects"))?;
         Ok(Self {
-            dir,
-            secret: rand::random(),
+            bucket: Bucket::new()?,
             next_job: AtomicU64::new(1),
             jobs: Mutex::new(HashMap::new()),
-            uploads: Mutex::new(HashMap::new()),
-            objects: Mutex::new(HashMap::new()),
         })
     }
-
-    fn sign(
-        &self,
-        method: &str,
-        key: &str,
-        upload: &str,
-        part: &str,
-        date: &str,
-        expires: &str,
-    ) -> String {
-        let mut h = Sha256::new();
-        h.update(self.secret);
-        for field in [method, key, upload, part, date, expires] {
-            h.update(field.as_bytes());
-            h.update(b"\n");
-        }
-        hex(&h.finalize())
-    }
-
-    fn object(&self, key: &str) -> Option<StoredObject> {
-        self.objects.lock().get(key).cloned()
-    }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn now_epoch() -> i64 {
+pub(crate) fn now_epoch() -> i64 {
     jiff::Timestamp::now().as_second()
-}
-
-/// Percent-encodes a key for a URL path (`/` kept).
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 pub(crate) fn api_routes() -> Router<Shared> {
@@ -204,16 +131,6 @@ pub(crate) fn api_routes() -> Router<Shared> {
             "/compute/{system}/jobs/{id}",
             get(job_get).delete(job_cancel),
         )
-}
-
-pub(crate) fn s3_routes() -> Router<Shared> {
-    Router::new().route(
-        "/_s3/{*key}",
-        get(s3_get)
-            .put(s3_put_part)
-            .post(s3_complete)
-            .layer(axum::extract::DefaultBodyLimit::disable()),
-    )
 }
 
 // ------------------------------------------------------------------------------- jobs
@@ -308,7 +225,7 @@ impl AppState {
         let refs: Vec<&OsStr> = argv.iter().map(OsStr::new).collect();
         match self
             .runner
-            .run_with(&refs, Input::Null, Sink::Capture(1 << 20), false)
+            .run_with(&refs, Input::Null, Sink::Discard, false)
             .await
         {
             Ok(o) => (o.status, o.stderr),
@@ -327,34 +244,41 @@ impl AppState {
         // Slurm creates both files when the job starts.
         self.log(err, "").await;
         // mv/cp/rm/tar: the scripts end `exit $?` after an `echo`, i.e. 0 even on failure.
-        let simple = |title: &'static str, verb: &'static str| (title, verb);
-        let (title, verb, argv): (&str, &str, Vec<String>) = match kind {
-            JobKind::Move { src, dst } => {
-                let (t, v) = simple("Move Files Job", "moved");
-                (t, v, vec!["mv".into(), "--".into(), src, dst])
-            }
-            JobKind::Copy { src, dst, deref } => {
-                let (t, v) = simple("Copy Files Job", "copied");
-                let mode = if deref { "-RL" } else { "-dR" };
-                (
-                    t,
-                    v,
-                    vec![
-                        "cp".into(),
-                        "--force".into(),
-                        mode.into(),
-                        "--preserve=all".into(),
-                        "--".into(),
-                        src,
-                        dst,
-                    ],
-                )
-            }
-            JobKind::Delete { path } => {
-                let (t, v) = simple("Delete Files Job", "deleted");
-                (t, v, vec!["rm".into(), "-R".into(), "--".into(), path])
-            }
-            JobKind::Tar { argv, what } => ("Compress/Extract Files Job", what, argv),
+        let (title, done, todo, argv): (&str, &str, &str, Vec<String>) = match kind {
+            JobKind::Move { src, dst } => (
+                "Move Files Job",
+                "moved",
+                "move",
+                vec!["mv".into(), "--".into(), src, dst],
+            ),
+            JobKind::Copy { src, dst, deref } => (
+                "Copy Files Job",
+                "copied",
+                "copy",
+                vec![
+                    "cp".into(),
+                    "--force".into(),
+                    (if deref { "-RL" } else { "-dR" }).into(),
+                    "--preserve=all".into(),
+                    "--".into(),
+                    src,
+                    dst,
+                ],
+            ),
+            JobKind::Delete { path } => (
+                "Delete Files Job",
+                "deleted",
+                "delete",
+                vec!["rm".into(), "-R".into(), "--".into(), path],
+            ),
+            JobKind::Tar {
+                argv,
+                compress: true,
+            } => ("Compress Files Job", "compressed", "compress", argv),
+            JobKind::Tar {
+                argv,
+                compress: false,
+            } => ("Extract Files Job", "extracted", "extract", argv),
             JobKind::Ingress { key, target } => {
                 return self.ingress(id, &key, &target, out, err).await
             }
@@ -367,16 +291,15 @@ impl AppState {
         if code == 0 {
             self.log(
                 out,
-                &format!("{} Files were successfully {verb}.\n", date()),
+                &format!("{} Files were successfully {done}.\n", date()),
             )
             .await;
         } else {
             self.log(
                 err,
                 &format!(
-                    "{stderr}{} Unable to {} files exit code:{code} error: \n",
-                    date(),
-                    verb.trim_end_matches('d').trim_end_matches('e')
+                    "{stderr}{} Unable to {todo} files exit code:{code} error: \n",
+                    date()
                 ),
             )
             .await;
@@ -403,7 +326,7 @@ impl AppState {
         .await;
         let mut found = None;
         for _ in 0..1440 {
-            if let Some(o) = self.transfers.object(key) {
+            if let Some(o) = self.transfers.bucket.object(key) {
                 found = Some(o);
                 break;
             }
@@ -443,7 +366,7 @@ impl AppState {
                     OsStr::new(target),
                 ],
                 Input::Reader(Box::new(file)),
-                Sink::Capture(1 << 20),
+                Sink::Discard,
                 false,
             )
             .await;
@@ -490,12 +413,7 @@ impl AppState {
             &format!("{} Outgress File Transfer Job (id:{id})\n", date()),
         )
         .await;
-        let path = self
-            .transfers
-            .dir
-            .path()
-            .join("objects")
-            .join(uuid::Uuid::new_v4().to_string());
+        let path = self.transfers.bucket.new_object_path();
         let res = self
             .runner
             .run_with(
@@ -511,8 +429,8 @@ impl AppState {
                     Ok(e) => e,
                     Err(_) => return 1,
                 };
-                self.transfers.objects.lock().insert(
-                    key.to_string(),
+                self.transfers.bucket.insert_object(
+                    key,
                     StoredObject {
                         path,
                         size: o.written,
@@ -543,49 +461,12 @@ impl AppState {
         }
     }
 
-    fn presign(&self, method: &str, key: &str, upload: &str, part: &str) -> String {
-        let date = jiff::Timestamp::now()
-            .strftime("%Y%m%dT%H%M%SZ")
-            .to_string();
-        let expires = self.cfg.s3_url_ttl.as_secs().to_string();
-        let sig = self
-            .transfers
-            .sign(method, key, upload, part, &date, &expires);
-        let mut q = String::new();
-        if !upload.is_empty() {
-            q.push_str(&format!("uploadId={upload}&"));
-        }
-        if !part.is_empty() {
-            q.push_str(&format!("partNumber={part}&"));
-        }
-        format!(
-            "{}/_s3/{}?{q}X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=f7tfs%2F{}%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date={date}&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host&X-Amz-Signature={sig}",
-            self.base_url,
-            encode_key(key),
-            &date[..8],
-        )
-    }
-
     fn new_key(&self, path: &str) -> String {
         let name = Path::new(path.trim_end_matches('/'))
             .file_name()
             .map_or("object".to_string(), |n| n.to_string_lossy().into_owned());
         format!("{}/{}/{}", self.user(), uuid::Uuid::new_v4(), name)
     }
-}
-
-async fn file_etag(path: &Path) -> std::io::Result<String> {
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex(&h.finalize())[..32].to_string())
 }
 
 fn created(resp: TransferResponse, status: StatusCode) -> Response {
@@ -657,14 +538,7 @@ async fn upload(
     st.quote_quirk(&[&target])?;
     st.confine(&target, true)?;
     let key = st.new_key(&target);
-    let upload_id = hex(&rand::random::<[u8; 20]>());
-    st.transfers.uploads.lock().insert(
-        upload_id.clone(),
-        MultipartUpload {
-            key: key.clone(),
-            parts: BTreeMap::new(),
-        },
-    );
+    let upload_id = st.transfers.bucket.create_upload(&key);
     let part = st.cfg.max_part_size.max(1);
     let n_parts = size.div_ceil(part);
     let urls = (1..=n_parts)
@@ -801,7 +675,7 @@ async fn compress(
         "CompressFiles",
         JobKind::Tar {
             argv,
-            what: "compressed",
+            compress: true,
         },
     );
     Ok(created(
@@ -825,7 +699,7 @@ async fn extract(
         "ExtractFiles",
         JobKind::Tar {
             argv,
-            what: "extracted",
+            compress: false,
         },
     );
     Ok(created(
@@ -907,454 +781,4 @@ async fn job_cancel(
         .ok_or_else(|| st.err(StatusCode::NOT_FOUND, "Job not found."))?;
     job.cancel = true;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-// ------------------------------------------------------------------------------- S3
-
-fn s3_error(status: StatusCode, code: &str, message: &str, resource: &str) -> Response {
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><Resource>{}</Resource><RequestId>f7tfs</RequestId></Error>",
-        xml_escape(resource)
-    );
-    (status, [(header::CONTENT_TYPE, "application/xml")], body).into_response()
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Checks a presigned URL; `Some` is the S3 403 answer.
-fn check_signature(
-    st: &AppState,
-    method: &str,
-    key: &str,
-    q: &HashMap<String, String>,
-) -> Option<Response> {
-    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or("");
-    let (date, expires, sig) = (
-        get("X-Amz-Date"),
-        get("X-Amz-Expires"),
-        get("X-Amz-Signature"),
-    );
-    let expected = st.transfers.sign(
-        method,
-        key,
-        get("uploadId"),
-        get("partNumber"),
-        date,
-        expires,
-    );
-    let resource = format!("/{key}");
-    if sig.is_empty() || sig != expected {
-        return Some(s3_error(
-            StatusCode::FORBIDDEN,
-            "SignatureDoesNotMatch",
-            "The request signature we calculated does not match the signature you provided.",
-            &resource,
-        ));
-    }
-    let issued = jiff::civil::DateTime::strptime("%Y%m%dT%H%M%SZ", date)
-        .ok()
-        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
-        .map(|z| z.timestamp().as_second());
-    let ttl: i64 = expires.parse().unwrap_or(0);
-    match issued {
-        Some(t) if now_epoch() <= t + ttl => None,
-        _ => Some(s3_error(
-            StatusCode::FORBIDDEN,
-            "AccessDenied",
-            "Request has expired",
-            &resource,
-        )),
-    }
-}
-
-async fn s3_put_part(
-    State(st): State<Shared>,
-    UrlPath(key): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-    req: Request,
-) -> Response {
-    if let Some(r) = check_signature(&st, "PUT", &key, &q) {
-        return r;
-    }
-    let upload_id = q.get("uploadId").cloned().unwrap_or_default();
-    let Some(part_no) = q
-        .get("partNumber")
-        .and_then(|p| p.parse::<u32>().ok())
-        .filter(|n| (1..=10_000).contains(n))
-    else {
-        return s3_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidArgument",
-            "Part number must be an integer between 1 and 10000, inclusive",
-            &key,
-        );
-    };
-    if !st.transfers.uploads.lock().contains_key(&upload_id) {
-        return s3_error(
-            StatusCode::NOT_FOUND,
-            "NoSuchUpload",
-            "The specified multipart upload does not exist.",
-            &key,
-        );
-    }
-    let path = st
-        .transfers
-        .dir
-        .path()
-        .join("parts")
-        .join(format!("{upload_id}.{part_no}"));
-    let written = async {
-        let mut f = tokio::fs::File::create(&path).await?;
-        let mut h = Sha256::new();
-        let mut stream = req.into_body().into_data_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            h.update(&chunk);
-            f.write_all(&chunk).await?;
-        }
-        f.flush().await?;
-        Ok::<_, std::io::Error>(hex(&h.finalize())[..32].to_string())
-    }
-    .await;
-    let etag = match written {
-        Ok(e) => e,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            return s3_error(
-                StatusCode::BAD_REQUEST,
-                "IncompleteBody",
-                &e.to_string(),
-                &key,
-            );
-        }
-    };
-    match st.transfers.uploads.lock().get_mut(&upload_id) {
-        Some(u) => {
-            u.parts.insert(
-                part_no,
-                PartInfo {
-                    path,
-                    etag: etag.clone(),
-                },
-            );
-        }
-        None => {
-            return s3_error(
-                StatusCode::NOT_FOUND,
-                "NoSuchUpload",
-                "The specified multipart upload does not exist.",
-                &key,
-            )
-        }
-    }
-    let mut resp = StatusCode::OK.into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
-}
-
-/// `(part number, etag without quotes)` pairs of a CompleteMultipartUpload body.
-pub(crate) fn parse_complete_xml(body: &str) -> Option<Vec<(u32, String)>> {
-    fn inner<'a>(s: &'a str, tag: &str) -> Option<&'a str> {
-        let open = format!("<{tag}>");
-        let close = format!("</{tag}>");
-        let a = s.find(&open)? + open.len();
-        let b = s[a..].find(&close)? + a;
-        Some(&s[a..b])
-    }
-    if !body.contains("CompleteMultipartUpload") {
-        return None;
-    }
-    let mut parts = Vec::new();
-    let mut rest = body;
-    while let Some(start) = rest.find("<Part>") {
-        let end = rest[start..].find("</Part>")? + start;
-        let block = &rest[start..end];
-        let n: u32 = inner(block, "PartNumber")?.trim().parse().ok()?;
-        let etag = inner(block, "ETag")?
-            .trim()
-            .replace("&quot;", "\"")
-            .replace("&#34;", "\"")
-            .trim_matches('"')
-            .to_string();
-        parts.push((n, etag));
-        rest = &rest[end + "</Part>".len()..];
-    }
-    Some(parts)
-}
-
-async fn s3_complete(
-    State(st): State<Shared>,
-    UrlPath(key): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = check_signature(&st, "POST", &key, &q) {
-        return r;
-    }
-    let upload_id = q.get("uploadId").cloned().unwrap_or_default();
-    let Some(parts) = parse_complete_xml(&String::from_utf8_lossy(&body)).filter(|p| !p.is_empty())
-    else {
-        return s3_error(StatusCode::BAD_REQUEST, "MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", &key);
-    };
-    if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
-        return s3_error(StatusCode::BAD_REQUEST, "InvalidPartOrder", "The list of parts was not in ascending order. The parts list must be specified in order by part number.", &key);
-    }
-    let files: Vec<(PathBuf, String)> = {
-        let uploads = st.transfers.uploads.lock();
-        let Some(u) = uploads.get(&upload_id).filter(|u| u.key == key) else {
-            return s3_error(
-                StatusCode::NOT_FOUND,
-                "NoSuchUpload",
-                "The specified multipart upload does not exist.",
-                &key,
-            );
-        };
-        let mut files = Vec::new();
-        for (n, etag) in &parts {
-            match u.parts.get(n) {
-                Some(p) if &p.etag == etag => files.push((p.path.clone(), p.etag.clone())),
-                _ => {
-                    return s3_error(StatusCode::BAD_REQUEST, "InvalidPart", "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag.", &key)
-                }
-            }
-        }
-        files
-    };
-    let object = st
-        .transfers
-        .dir
-        .path()
-        .join("objects")
-        .join(uuid::Uuid::new_v4().to_string());
-    let obj2 = object.clone();
-    let srcs: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
-    let joined = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let mut out = std::fs::File::create(&obj2)?;
-        let mut total = 0;
-        for p in &srcs {
-            let mut f = std::fs::File::open(p)?;
-            total += std::io::copy(&mut f, &mut out)?;
-        }
-        out.sync_all()?;
-        Ok(total)
-    })
-    .await;
-    let size = match joined {
-        Ok(Ok(n)) => n,
-        _ => {
-            return s3_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                "could not assemble the object",
-                &key,
-            )
-        }
-    };
-    let mut h = Sha256::new();
-    for (_, e) in &files {
-        h.update(e.as_bytes());
-    }
-    let etag = format!("{}-{}", &hex(&h.finalize())[..32], files.len());
-    let removed = st.transfers.uploads.lock().remove(&upload_id);
-    if let Some(u) = removed {
-        for p in u.parts.values() {
-            let _ = std::fs::remove_file(&p.path);
-        }
-    }
-    st.transfers.objects.lock().insert(
-        key.clone(),
-        StoredObject {
-            path: object,
-            size,
-            etag: etag.clone(),
-        },
-    );
-    let (bucket, rest) = key.split_once('/').unwrap_or((&key, ""));
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Location>{}/_s3/{}</Location><Bucket>{}</Bucket><Key>{}</Key><ETag>\"{etag}\"</ETag></CompleteMultipartUploadResult>",
-        st.base_url,
-        xml_escape(&encode_key(&key)),
-        xml_escape(bucket),
-        xml_escape(rest)
-    );
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/xml")],
-        body,
-    )
-        .into_response()
-}
-
-/// `bytes=a-b`, `bytes=a-`, `bytes=-n` → inclusive range within `size`; `Err` = unsatisfiable.
-pub(crate) fn parse_range(value: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (a, b) = (a.trim(), b.trim());
-    let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 || size == 0 {
-            return Err(());
-        }
-        (size.saturating_sub(n), size - 1)
-    } else {
-        let start: u64 = a.parse().map_err(|_| ())?;
-        if start >= size {
-            return Err(());
-        }
-        let end = if b.is_empty() {
-            size - 1
-        } else {
-            b.parse::<u64>().map_err(|_| ())?.min(size - 1)
-        };
-        if end < start {
-            return Err(());
-        }
-        (start, end)
-    };
-    Ok(Some(range))
-}
-
-async fn s3_get(
-    State(st): State<Shared>,
-    method: Method,
-    UrlPath(key): UrlPath<String>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Response {
-    // A GET-signed URL is also accepted for HEAD (the real one is not; see API.md).
-    if let Some(r) = check_signature(&st, "GET", &key, &q) {
-        return r;
-    }
-    let Some(obj) = st.transfers.object(&key) else {
-        return s3_error(
-            StatusCode::NOT_FOUND,
-            "NoSuchKey",
-            "The specified key does not exist.",
-            &key,
-        );
-    };
-    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) => match parse_range(r, obj.size) {
-            Ok(r) => r,
-            Err(()) => {
-                let mut resp = s3_error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "InvalidRange",
-                    "The requested range is not satisfiable",
-                    &key,
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", obj.size)) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                return resp;
-            }
-        },
-        None => None,
-    };
-    let (status, start, len) = match range {
-        Some((a, b)) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
-        None => (StatusCode::OK, 0, obj.size),
-    };
-    let mut builder = Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .header(header::CONTENT_LENGTH, len)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::ETAG, format!("\"{}\"", obj.etag));
-    if range.is_some() {
-        builder = builder.header(
-            header::CONTENT_RANGE,
-            format!("bytes {}-{}/{}", start, start + len - 1, obj.size),
-        );
-    }
-    let body = if method == Method::HEAD || len == 0 {
-        Body::empty()
-    } else {
-        match tokio::fs::File::open(&obj.path).await {
-            Ok(mut f) => {
-                if f.seek(SeekFrom::Start(start)).await.is_err() {
-                    return s3_error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InternalError",
-                        "seek failed",
-                        &key,
-                    );
-                }
-                let reader = f.take(len);
-                let stream = futures_util::stream::unfold(reader, |mut r| async move {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    match r.read(&mut buf).await {
-                        Ok(0) => None,
-                        Ok(n) => {
-                            buf.truncate(n);
-                            Some((Ok::<_, std::io::Error>(Bytes::from(buf)), r))
-                        }
-                        Err(e) => Some((Err(e), r)),
-                    }
-                });
-                Body::from_stream(stream)
-            }
-            Err(_) => {
-                return s3_error(
-                    StatusCode::NOT_FOUND,
-                    "NoSuchKey",
-                    "The specified key does not exist.",
-                    &key,
-                )
-            }
-        }
-    };
-    builder
-        .body(body)
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn complete_xml_parsing() {
-        let xml = "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
-<Part><PartNumber>1</PartNumber><ETag>\"abc\"</ETag></Part>\n\
-<Part><ETag>&quot;def&quot;</ETag><PartNumber>2</PartNumber></Part></CompleteMultipartUpload>";
-        assert_eq!(
-            parse_complete_xml(xml).unwrap(),
-            vec![(1, "abc".to_string()), (2, "def".to_string())]
-        );
-        assert!(parse_complete_xml("<Other/>").is_none());
-        assert!(parse_complete_xml("<CompleteMultipartUpload><Part><PartNumber>x</PartNumber><ETag>a</ETag></Part></CompleteMultipartUpload>").is_none());
-        assert_eq!(
-            parse_complete_xml("<CompleteMultipartUpload></CompleteMultipartUpload>").unwrap(),
-            vec![]
-        );
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-0", 10), Ok(Some((0, 0))));
-        assert_eq!(parse_range("bytes=5-", 10), Ok(Some((5, 9))));
-        assert_eq!(parse_range("bytes=-3", 10), Ok(Some((7, 9))));
-        assert_eq!(parse_range("bytes=8-100", 10), Ok(Some((8, 9))));
-        assert_eq!(parse_range("bytes=10-", 10), Err(()));
-        assert_eq!(parse_range("bytes=4-2", 10), Err(()));
-        assert_eq!(parse_range("items=1-2", 10), Ok(None));
-    }
-
-    #[test]
-    fn key_encoding() {
-        assert_eq!(encode_key("u/id/a b☃.txt"), "u/id/a%20b%E2%98%83.txt");
-    }
 }

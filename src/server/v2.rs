@@ -676,7 +676,8 @@ pub(crate) async fn chmod(
     let path = st.target(Some(&req.path))?;
     st.quote_quirk(&[&path, &req.mode])?;
     st.confine(&path, true)?;
-    st.run_ok(&argv(&["chmod", &req.mode, "--", &path])).await?;
+    // `--` first: a mode or owner starting with `-` must not become an option.
+    st.run_ok(&argv(&["chmod", "--", &req.mode, &path])).await?;
     let entry = st.ls_entry(&path).await?;
     Ok(json_ok(StatusCode::OK, Output { output: entry }))
 }
@@ -697,7 +698,7 @@ pub(crate) async fn chown(
     } else {
         format!("{}:{}", req.owner, req.group)
     };
-    st.run_ok(&argv(&["chown", &spec, "--", &path])).await?;
+    st.run_ok(&argv(&["chown", "--", &spec, &path])).await?;
     let entry = st.ls_entry(&path).await?;
     Ok(json_ok(StatusCode::OK, Output { output: entry }))
 }
@@ -850,10 +851,19 @@ pub(crate) async fn upload(
     State(st): State<Shared>,
     UrlPath(system): UrlPath<String>,
     Query(q): Params,
-    mut multipart: Multipart,
+    req: axum::extract::Request,
 ) -> ApiResult {
+    use axum::extract::FromRequest;
     st.check_system(&system)?;
     let dir = st.target(q.get("path").map(String::as_str))?;
+    let missing_file = || {
+        let mut e = ApiError::validation("body", "file", "Field required", st.user());
+        e.message = "1 validation error:\n  {'type': 'missing', 'loc': ('body', 'file'), 'msg': 'field required', 'input': none}".into();
+        e
+    };
+    let mut multipart = Multipart::from_request(req, &())
+        .await
+        .map_err(|_| missing_file())?;
     let max = st.cfg.max_ops_file_size as usize;
     let mut file: Option<(String, Vec<u8>)> = None;
     while let Some(mut field) = multipart
@@ -872,6 +882,14 @@ pub(crate) async fn upload(
             .map_err(|e| st.err(StatusCode::BAD_REQUEST, e.body_text()))?
         {
             if data.len() + chunk.len() > max {
+                // Read the rest (bounded) so the client sees the answer, not a reset.
+                let mut rest = 0usize;
+                while let Ok(Some(c)) = field.chunk().await {
+                    rest += c.len();
+                    if rest > 64 << 20 {
+                        break;
+                    }
+                }
                 return Err(st.err(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "File to upload is too large.",
@@ -883,12 +901,7 @@ pub(crate) async fn upload(
         break;
     }
     let Some((name, data)) = file else {
-        return Err(ApiError::validation(
-            "body",
-            "file",
-            "Field required",
-            st.user(),
-        ));
+        return Err(missing_file());
     };
     let raw_target = format!("{}/{}", dir.trim_end_matches('/'), name);
     let target = st.target(Some(&raw_target))?;

@@ -7,13 +7,20 @@
 //! deadlines, error mapping); job-based operations (rename, staged transfers, the rm fallback)
 //! poll `/compute/{system}/jobs/{id}` and verify their effect with `stat`, because a failed
 //! `mv` job still reports COMPLETED (API.md 5.2).
+//!
+//! Files: `connect` (start-up), `jobs` (transfer jobs), `parse` (wire → domain), `wire` (serde
+//! shapes shared with the server); this file holds the `RemoteFs` methods and their helpers.
 
+mod connect;
+mod jobs;
 pub mod parse;
 pub mod wire;
 
+pub use connect::direct_download_limit;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use jiff::tz::TimeZone;
@@ -21,40 +28,15 @@ use parking_lot::RwLock;
 use reqwest::Method;
 use serde_json::json;
 
+use self::jobs::{JOB_BOUND_LONG, JOB_BOUND_SHORT, STAGE_RATE};
 use self::parse::IdMap;
-use self::wire::{
-    JobsResponse, LsEntry, Output, StatOutput, SystemsResponse, TransferJob, TransferResponse,
-    UserInfo,
-};
-use super::auth::TokenProvider;
+use self::wire::{LsEntry, Output, StatOutput, UserInfo};
 use super::http::{Body, Call, HttpClient, HttpStats};
 use super::{
-    detect, transfer, ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FileKind, Progress,
+    transfer, ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FileKind, Progress,
     RemoteError, RemoteFs, RemotePath, RemoteResult, StagedObject, Stat,
 };
-use crate::config::RemoteConfig;
 
-/// A job may be unknown to the scheduler right after submission (404 "Job not found").
-const JOB_APPEAR_GRACE: Duration = Duration::from_secs(20);
-const JOB_POLL_START: Duration = Duration::from_millis(100);
-const JOB_POLL_CAP: Duration = Duration::from_secs(2);
-/// Bound of short jobs (mv, rm, download staging) beyond the op deadline.
-const JOB_BOUND_SHORT: Duration = Duration::from_secs(15 * 60);
-/// Bound of staged uploads: the upload job polls the bucket only every 60 s and may queue.
-const JOB_BOUND_LONG: Duration = Duration::from_secs(6 * 3600);
-/// Scheduler states after which a job will not change any more (API.md 5.2).
-const TERMINAL_STATES: &[&str] = &[
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-    "F",
-];
 /// Presigned URLs are used only until this long before they expire.
 const URL_EXPIRY_MARGIN: Duration = Duration::from_secs(300);
 
@@ -74,6 +56,8 @@ struct Inner {
     ids: IdMap,
     user: UserInfo,
     staging_ttl: Option<Duration>,
+    /// Sent with transfer jobs when the system's job directives need `{account}`.
+    account: Option<String>,
     parallelism: usize,
     op_deadline: Duration,
 }
@@ -97,24 +81,6 @@ pub fn check_path_chars(path: &str, for_job: bool) -> RemoteResult<()> {
     }
 }
 
-fn state_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(a) => a
-            .iter()
-            .filter_map(|x| x.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
-}
-
-fn is_terminal(state: &str) -> bool {
-    state
-        .split(',')
-        .any(|s| TERMINAL_STATES.contains(&s.trim()))
-}
-
 /// Seconds of `X-Amz-Expires` in a presigned URL.
 pub fn url_expires_in(url: &str) -> Option<Duration> {
     let parsed = reqwest::Url::parse(url).ok()?;
@@ -127,12 +93,6 @@ pub fn url_expires_in(url: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// Direct-download limit for a server's `max_ops_file_size`: the file travels base64-encoded
-/// inside the output cap (3/4), with a margin: 0.7 × the cap.
-pub fn direct_download_limit(max_ops_file_size: u64) -> u64 {
-    max_ops_file_size / 10 * 7
-}
-
 fn system_time_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -140,132 +100,6 @@ fn system_time_secs(t: SystemTime) -> u64 {
 }
 
 impl V2Client {
-    /// Connects to `config`: token, version and system check, capabilities, ids, time zone.
-    pub async fn connect(config: &RemoteConfig) -> RemoteResult<V2Client> {
-        detect::check_configured(config.api_version, &config.url)?;
-        let auth = Arc::new(TokenProvider::new(
-            config.credentials.clone(),
-            config.call_timeout,
-        )?);
-        let http = HttpClient::new(config, auth)?;
-        // A token first: a wrong secret must say so, not "server error".
-        http.auth().token().await?;
-
-        let systems_reply = match http
-            .send(&Call::api(Method::GET, "/status/systems", true))
-            .await
-        {
-            Ok(r) => r,
-            Err(RemoteError::NotFound(_)) if config.api_version.is_none() => {
-                return Err(probe_v1(&http, &config.url).await);
-            }
-            Err(e) => return Err(e),
-        };
-        let is_v2 = detect::version_from_headers(&systems_reply.headers).is_some();
-        if !is_v2
-            && config.api_version.is_none()
-            && detect::looks_like_v1_parameters(&systems_reply.body)
-        {
-            return Err(detect::v1_unsupported(&config.url));
-        }
-        let systems: SystemsResponse = systems_reply.json()?;
-        let Some(system) = systems
-            .systems
-            .iter()
-            .find(|s| s.name.eq_ignore_ascii_case(&config.system))
-        else {
-            let names: Vec<&str> = systems.systems.iter().map(|s| s.name.as_str()).collect();
-            return Err(RemoteError::InvalidArgument(format!(
-                "unknown system {:?} at {}; available: {}",
-                config.system,
-                config.url,
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            )));
-        };
-        let data_op = system.data_operation.as_ref().ok_or_else(|| {
-            RemoteError::Protocol(format!("system {} has no dataOperation", system.name))
-        })?;
-        let max_ops = data_op.max_ops_file_size;
-        let data_transfer = data_op.data_transfer.clone().unwrap_or_default();
-        let max_part_size = data_transfer
-            .pointer("/multipart/max_part_size")
-            .or_else(|| data_transfer.pointer("/multipart/maxPartSize"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(1 << 30);
-        let staging_ttl = data_transfer
-            .get("ttl")
-            .and_then(|v| v.as_u64())
-            .map(Duration::from_secs);
-        let mut filesystems = Vec::new();
-        for fs in &system.file_systems {
-            filesystems.push(RemotePath::new(&fs.path)?);
-        }
-        let caps = Capabilities {
-            api_version: "v2",
-            direct_download_limit: direct_download_limit(max_ops),
-            direct_upload_limit: max_ops,
-            max_part_size,
-            sync_rename: false,
-            relative_symlinks: false,
-            filesystems,
-        };
-        let system_name = system.name.clone();
-
-        let user: UserInfo = http
-            .send(&Call::api(
-                Method::GET,
-                format!("/status/{system_name}/userinfo"),
-                true,
-            ))
-            .await?
-            .json()?;
-
-        let (tz, tz_configured) = match &config.remote_timezone {
-            Some(name) => (
-                TimeZone::get(name).map_err(|e| {
-                    RemoteError::InvalidArgument(format!(
-                        "unknown remote time zone {name:?} ({e}); use an IANA name such as \
-                         Europe/Zurich"
-                    ))
-                })?,
-                true,
-            ),
-            None => (TimeZone::UTC, false),
-        };
-        let client = V2Client {
-            inner: Arc::new(Inner {
-                ids: IdMap::from_userinfo(&user),
-                http,
-                url: config.url.clone(),
-                system: system_name,
-                caps,
-                tz: RwLock::new(tz),
-                tz_configured,
-                user,
-                staging_ttl,
-                parallelism: config.transfer_parallelism.max(1),
-                op_deadline: config.op_deadline,
-            }),
-        };
-        if !tz_configured {
-            if let Some(first) = client.inner.caps.filesystems.first().cloned() {
-                if let Err(e) = client.detect_timezone(&first).await {
-                    tracing::warn!("cannot detect the remote time zone ({e}); assuming UTC");
-                }
-            }
-        } else {
-            tracing::info!(
-                zone = config.remote_timezone.as_deref().unwrap_or(""),
-                "remote time zone configured"
-            );
-        }
-        Ok(client)
-    }
-
     /// The base URL connected to.
     pub fn url(&self) -> &str {
         &self.inner.url
@@ -347,20 +181,35 @@ impl V2Client {
                 }
             }
         }
+        let mut found: Vec<(i64, jiff::tz::Offset)> = Vec::new();
+        let mut probe = None;
         for (path, civil) in candidates {
             let Ok(st) = self.stat_raw(&path).await else {
                 continue;
             };
             if let Some(offset) = parse::offset_from_pair(&civil, st.mtime) {
-                tracing::info!(
+                found.push((st.mtime, offset));
+                probe.get_or_insert(path);
+            }
+        }
+        if let (Some(&(_, offset)), Some(probe)) = (found.first(), probe) {
+            let zone = parse::choose_zone(&found, &TimeZone::system());
+            match zone.iana_name() {
+                Some(name) if zone != TimeZone::fixed(offset) => tracing::info!(
                     %offset,
-                    probe = %path,
+                    zone = name,
+                    probe = %probe,
+                    "remote ls times match this machine's time zone; using it"
+                ),
+                _ => tracing::info!(
+                    %offset,
+                    probe = %probe,
                     "remote ls times are in a fixed offset (set remote_timezone for a zone \
                      with daylight saving time)"
-                );
-                *self.inner.tz.write() = TimeZone::fixed(offset);
-                return Ok(());
+                ),
             }
+            *self.inner.tz.write() = zone;
+            return Ok(());
         }
         Err(RemoteError::NotFound(format!(
             "no entry in {dir} to compare ls and stat times"
@@ -508,127 +357,6 @@ impl V2Client {
         }
         builder.into_inner().map_err(io)
     }
-
-    async fn submit_transfer(&self, call: Call) -> RemoteResult<TransferResponse> {
-        self.inner.http.send(&call).await?.json()
-    }
-
-    /// Polls a job to a terminal state; returns that state.
-    async fn wait_job(&self, job: &TransferJob, bound: Duration) -> RemoteResult<String> {
-        let started = Instant::now();
-        let mut delay = JOB_POLL_START;
-        let path = format!("/compute/{}/jobs/{}", self.inner.system, job.job_id);
-        loop {
-            match self
-                .inner
-                .http
-                .send(&Call::api(Method::GET, path.clone(), true))
-                .await
-            {
-                Ok(reply) => {
-                    let jobs: JobsResponse = reply.json()?;
-                    if let Some(j) = jobs.jobs.iter().find(|j| j.job_id == job.job_id) {
-                        let state = state_text(&j.status.state);
-                        if is_terminal(&state) {
-                            return Ok(state);
-                        }
-                    }
-                }
-                Err(RemoteError::NotFound(_)) if started.elapsed() < JOB_APPEAR_GRACE => {}
-                Err(RemoteError::NotFound(m)) => {
-                    return Err(RemoteError::Protocol(format!(
-                        "transfer job {} is unknown to the scheduler: {m}",
-                        job.job_id
-                    )))
-                }
-                Err(e) if e.is_transient() && started.elapsed() < bound => {
-                    tracing::debug!(job = %job.job_id, "polling failed, will retry: {e}");
-                }
-                Err(e) => return Err(e),
-            }
-            if started.elapsed() >= bound {
-                return Err(RemoteError::Timeout(format!(
-                    "transfer job {} did not finish within {} s",
-                    job.job_id,
-                    bound.as_secs()
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay.mul_f64(1.5)).min(JOB_POLL_CAP);
-        }
-    }
-
-    /// The error a failed job left in its error log, classified; `None` when unreadable or
-    /// unrecognised.
-    async fn job_log_error(&self, job: &TransferJob) -> Option<RemoteError> {
-        let path = RemotePath::new(&job.logs.error_log).ok()?;
-        if !self.in_filesystems(&path) {
-            return None;
-        }
-        let call = Call::api(Method::GET, self.ops("download"), true).query("path", path.as_str());
-        let body = self.inner.http.send(&call).await.ok()?.body;
-        let text = String::from_utf8_lossy(&body);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| RemoteError::from_message(l).is_some())?;
-        RemoteError::from_message(line.trim())
-    }
-
-    /// Removes a job's log files when they sit inside the filesystems (best effort).
-    async fn remove_job_logs(&self, job: &TransferJob) {
-        for log in [&job.logs.output_log, &job.logs.error_log] {
-            let Ok(path) = RemotePath::new(log) else {
-                continue;
-            };
-            if self.in_filesystems(&path) {
-                if let Err(e) = self.rm_direct(&path).await {
-                    tracing::debug!(log = %path, "cannot remove a transfer job log: {e}");
-                }
-            }
-        }
-    }
-
-    async fn job_failed(&self, job: &TransferJob, state: &str, what: &str) -> RemoteError {
-        match self.job_log_error(job).await {
-            Some(e) => e,
-            None => RemoteError::Unavailable(format!(
-                "{what}: transfer job {} ended {state}",
-                job.job_id
-            )),
-        }
-    }
-
-    async fn remove_by_job(&self, path: &RemotePath) -> RemoteResult<()> {
-        check_path_chars(path.as_str(), true)?;
-        let call =
-            Call::api(Method::DELETE, self.transfer("rm"), false).query("path", path.as_str());
-        let resp = self.submit_transfer(call).await?;
-        let job = resp.transfer_job;
-        let state = self
-            .wait_job(&job, self.inner.op_deadline + JOB_BOUND_SHORT)
-            .await?;
-        let result = match self.stat_raw(path).await {
-            Err(RemoteError::NotFound(_)) => Ok(()),
-            Err(e) => Err(e),
-            Ok(_) => Err(self.job_failed(&job, &state, &format!("rm {path}")).await),
-        };
-        self.remove_job_logs(&job).await;
-        result
-    }
-}
-
-async fn probe_v1(http: &HttpClient, url: &str) -> RemoteError {
-    match http
-        .send(&Call::api(Method::GET, "/status/parameters", true))
-        .await
-    {
-        Ok(r) if detect::looks_like_v1_parameters(&r.body) => detect::v1_unsupported(url),
-        _ => RemoteError::NotFound(format!(
-            "{url}/status/systems does not exist: is this a FirecREST v2 URL? (e.g. \
-             https://api.cscs.ch/hpc/firecrest/v2)"
-        )),
-    }
 }
 
 impl RemoteFs for V2Client {
@@ -645,7 +373,13 @@ impl RemoteFs for V2Client {
         let tz = self.timezone();
         let mut out = Vec::with_capacity(raw.len());
         for e in &raw {
-            let d = parse::entry_to_dir_entry(e, &tz, &self.inner.ids)?;
+            let d = match parse::entry_to_dir_entry(e, &tz, &self.inner.ids) {
+                Ok(d) => d,
+                Err(err) => {
+                    tracing::warn!(dir = %dir, "skipping an entry: {err}");
+                    continue;
+                }
+            };
             if d.name.is_empty() || d.name.contains('/') || d.name == "." || d.name == ".." {
                 tracing::warn!(dir = %dir, name = ?d.name, "skipping an entry with an unusable name");
                 continue;
@@ -799,13 +533,9 @@ impl RemoteFs for V2Client {
             "targetPath": to.as_str(),
         }));
         let job = self.submit_transfer(call).await?.transfer_job;
-        let state = match self
+        let state = self
             .wait_job(&job, self.inner.op_deadline + JOB_BOUND_SHORT)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+            .await?;
         // The job says COMPLETED even when mv failed: look at the effect.
         let source = self.stat_raw(from).await;
         let target = self.stat_raw(to).await;
@@ -847,9 +577,10 @@ impl RemoteFs for V2Client {
             .ok_or_else(|| {
                 RemoteError::Protocol(format!("transfer/download of {path}: no downloadUrl"))
             })?;
-        let state = self
-            .wait_job(&job, self.inner.op_deadline + JOB_BOUND_SHORT)
-            .await;
+        // The job copies the whole file into the bucket first.
+        let bound =
+            self.inner.op_deadline + JOB_BOUND_SHORT + Duration::from_secs(size / STAGE_RATE);
+        let state = self.wait_job(&job, bound).await;
         let result = match state {
             Ok(s) if s == "COMPLETED" => Ok(()),
             Ok(s) => Err(self.job_failed(&job, &s, &format!("staging {path}")).await),
@@ -971,36 +702,9 @@ mod tests {
     }
 
     #[test]
-    fn job_states() {
-        assert!(is_terminal("COMPLETED"));
-        assert!(is_terminal(&state_text(&json!(["CANCELLED", "X"]))));
-        assert!(!is_terminal("PENDING"));
-        assert!(!is_terminal(&state_text(&json!(["RUNNING"]))));
-    }
-
-    #[test]
     fn limits_and_url_expiry() {
-        assert_eq!(direct_download_limit(5 * 1024 * 1024), 3670016);
         let url = "http://127.0.0.1:9000/b/k?X-Amz-Date=20261203T163147Z&X-Amz-Expires=604800&X-Amz-Signature=x";
         assert_eq!(url_expires_in(url), Some(Duration::from_secs(604800)));
         assert_eq!(url_expires_in("http://h/k"), None);
-    }
-
-    #[test]
-    fn recorded_transfer_answers_parse() {
-        let up: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/v2/transfer_upload_12MiB_3parts__1_create.json"
-        ))
-        .unwrap();
-        let r: TransferResponse = serde_json::from_value(up["response_body"].clone()).unwrap();
-        let d = r.transfer_directives.unwrap();
-        assert_eq!(d.parts_upload_urls.unwrap().len(), 3);
-        assert_eq!(d.max_part_size, Some(5242880));
-        let job: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../tests/fixtures/v2/transfer_mv_missing_source__job_final.json"
-        ))
-        .unwrap();
-        let j: JobsResponse = serde_json::from_value(job["response_body"].clone()).unwrap();
-        assert_eq!(state_text(&j.jobs[0].status.state), "COMPLETED");
     }
 }

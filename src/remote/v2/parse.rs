@@ -162,6 +162,23 @@ pub fn offset_from_pair(civil: &str, mtime: i64) -> Option<Offset> {
     Offset::from_seconds(rounded as i32).ok()
 }
 
+/// The zone for `ls` times given `(mtime, offset)` observations: this machine's zone when it
+/// has exactly those offsets at those instants (it then also gets daylight saving time right),
+/// else the first observed fixed offset.
+pub fn choose_zone(found: &[(i64, Offset)], system: &TimeZone) -> TimeZone {
+    let Some(&(_, first)) = found.first() else {
+        return TimeZone::UTC;
+    };
+    let matches_system = found.iter().all(|&(t, off)| {
+        jiff::Timestamp::from_second(t).is_ok_and(|ts| system.to_offset(ts) == off)
+    });
+    if matches_system && system.iana_name().is_some() {
+        system.clone()
+    } else {
+        TimeZone::fixed(first)
+    }
+}
+
 /// One `ls` entry → `DirEntry`; the name is decoded but not otherwise checked.
 pub fn entry_to_dir_entry(e: &LsEntry, tz: &TimeZone, ids: &IdMap) -> RemoteResult<DirEntry> {
     let bad = |what: &str| RemoteError::Protocol(format!("ls entry {:?}: bad {what}", e.name));
@@ -297,6 +314,23 @@ mod tests {
             Some(Offset::from_seconds(19800).unwrap())
         );
         assert_eq!(offset_from_pair("2024-01-02T03:11:05", 1704164645), None);
+    }
+
+    #[test]
+    fn zone_choice_prefers_a_matching_system_zone() {
+        let plus1 = Offset::from_seconds(3600).unwrap();
+        let fixed = choose_zone(&[(1704164645, plus1)], &TimeZone::UTC);
+        assert_eq!(fixed, TimeZone::fixed(plus1));
+        assert_eq!(choose_zone(&[], &TimeZone::UTC), TimeZone::UTC);
+        let Ok(zurich) = TimeZone::get("Europe/Zurich") else {
+            return;
+        };
+        // Winter file at +01:00 matches Zurich: keep the zone (summer files get +02:00).
+        let z = choose_zone(&[(1704164645, plus1)], &zurich);
+        assert_eq!(z.iana_name(), Some("Europe/Zurich"));
+        // +01:00 in July does not match Zurich (+02:00): fixed offset.
+        let z = choose_zone(&[(1719835200, plus1)], &zurich);
+        assert_eq!(z, TimeZone::fixed(plus1));
     }
 
     #[test]
