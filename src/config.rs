@@ -157,6 +157,10 @@ pub struct MountConfig {
     pub read_only: bool,
     /// Bound of FUSE operations served at once.
     pub max_in_flight_ops: usize,
+    /// Delayed write-back: a small new file is uploaded this long after its close, so the
+    /// utimens/chmod/rename that rsync, tar and `cp -p` send next join one archive upload.
+    /// 0 (default) uploads at close: close() returns only once the remote has the data.
+    pub writeback_delay: Duration,
     /// Synthetic `statfs` numbers: total and free bytes, total and free inodes.
     pub statfs_total_bytes: u64,
     pub statfs_free_bytes: u64,
@@ -176,6 +180,7 @@ impl MountConfig {
             allow_other: false,
             read_only: false,
             max_in_flight_ops: 64,
+            writeback_delay: Duration::ZERO,
             statfs_total_bytes: 1 << 50,
             statfs_free_bytes: 1 << 49,
             statfs_total_inodes: 1 << 32,

@@ -1,4 +1,4 @@
-//! Logging setup: `tracing` with the `F7TFS_LOG` env filter (default `info`), a compact
+//! Logging setup: `tracing` with the `F7TFS_LOG` env filter (default `info`, fuser quieter), a compact
 //! format on stderr, and a panic hook that logs the panic with the current span. Tokens and
 //! secrets are never logged: nothing here formats request headers or bodies.
 
@@ -6,9 +6,15 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (once; later calls are ignored).
 pub fn init() {
-    let filter = EnvFilter::try_from_env("F7TFS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // fuser's own unmount attempt after an external `fusermount3 -u` logs a spurious
+    // "Unmount failed"; real mount errors reach us as `Session::new` errors anyway.
+    let filter = EnvFilter::try_from_env("F7TFS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,fuser=warn,fuser::mnt=off"));
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

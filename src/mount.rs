@@ -42,11 +42,6 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
             remote_cfg.system
         ));
     }
-    if remote_cfg.remote_timezone.is_none() {
-        if let Err(e) = rt.block_on(client.detect_timezone(&root)) {
-            tracing::debug!("time zone detection at the mount root: {e}");
-        }
-    }
     let user = client.user().clone();
     let ids =
         IdMap {
@@ -204,6 +199,15 @@ pub fn run_with<R: RemoteFs>(
         })
         .map_err(|e| format!("cannot start the FUSE thread: {e}"))?;
     tracing::info!(mountpoint = %mp.display(), "mounted");
+    let ticker = {
+        let fs = fs.clone();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                fs.writeback_tick().await;
+            }
+        })
+    };
 
     let max_ops = mount_cfg.max_in_flight_ops.max(1) as u32;
     let wait = mount_cfg.staging.unmount_wait;
@@ -265,6 +269,7 @@ pub fn run_with<R: RemoteFs>(
         {
             tracing::warn!("some operations were still running after {DRAIN_TIMEOUT:?}");
         }
+        ticker.abort();
         let unsent = fs.shutdown(wait).await;
         for u in &unsent {
             tracing::error!(

@@ -1020,3 +1020,220 @@ async fn a_refused_archive_route_falls_back_to_plain_calls() {
     h.fs.release(c.opened.fh).await.unwrap();
     assert_eq!(r(&h).content(&path("e2")).unwrap(), b"");
 }
+
+#[tokio::test]
+async fn delayed_writeback_turns_an_rsync_sequence_into_one_archive() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(1);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    // rsync: temp file 0600, write, close, utimens, chmod, rename over the final name.
+    let c =
+        h.fs.create(
+            ROOT_INO,
+            os(".f.XyZ"),
+            0o100600,
+            0o022,
+            libc::O_WRONLY | libc::O_EXCL,
+        )
+        .await
+        .unwrap();
+    let ino = c.entry.attr.ino;
+    h.fs.write(c.opened.fh, 0, b"synced").await.unwrap();
+    h.fs.flush(c.opened.fh).await.unwrap();
+    h.fs.release(c.opened.fh).await.unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mtime: Some(TimeOrNow::SpecificTime(t(1_111_111_111))),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.setattr(
+        ino,
+        SetAttr {
+            mode: Some(0o644),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    h.fs.rename(ROOT_INO, os(".f.XyZ"), ROOT_INO, os("f"), 0)
+        .await
+        .unwrap();
+    // Other openers in the mount see it already (close-to-open inside the mount).
+    assert_eq!(read_all(&h, ino).await, b"synced");
+    let sent = |h: &H| {
+        ["upload", "put_archive", "chmod", "remove", "rename"]
+            .iter()
+            .map(|m| r(h).calls(m))
+            .sum::<u64>()
+    };
+    assert_eq!(sent(&h), 0, "nothing sent yet");
+    h.fs.writeback_tick().await;
+    assert_eq!(h.fs.writeback_pending(), 1, "not due yet");
+    h.clock.advance(Duration::from_millis(1100));
+    h.fs.writeback_tick().await;
+    assert_eq!(h.fs.writeback_pending(), 0);
+    assert_eq!(r(&h).calls("put_archive"), 1);
+    assert_eq!(sent(&h), 1, "one archive upload, nothing else");
+    let n = r(&h).get(&path("f")).unwrap();
+    assert_eq!(
+        (n.content.as_ref(), n.perm, n.mtime),
+        (&b"synced"[..], 0o644, t(1_111_111_111))
+    );
+    assert!(r(&h).get(&path(".f.XyZ")).is_none());
+    let left: Vec<_> = std::fs::read_dir(h.dirs.path().join("staging"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "staged copy dropped after the upload");
+    // fsync never waits for the delay.
+    let c =
+        h.fs.create(ROOT_INO, os("g"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"now").await.unwrap();
+    h.fs.fsync(c.opened.fh).await.unwrap();
+    assert_eq!(r(&h).content(&path("g")).unwrap(), b"now");
+    h.fs.release(c.opened.fh).await.unwrap();
+    // Unmount sends what is still queued.
+    write_new(&h, ROOT_INO, "late", b"L").await;
+    assert!(r(&h).get(&path("late")).is_none());
+    assert!(h.fs.shutdown(Duration::from_secs(5)).await.is_empty());
+    assert_eq!(r(&h).content(&path("late")).unwrap(), b"L");
+}
+
+#[tokio::test]
+async fn delayed_small_files_of_a_directory_share_one_archive() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_millis(500);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let sub =
+        h.fs.mkdir(ROOT_INO, os("sub"), 0o755, 0o022)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    for i in 0..20 {
+        write_new(
+            &h,
+            ROOT_INO,
+            &format!("a{i}"),
+            format!("content {i}").as_bytes(),
+        )
+        .await;
+        write_new(&h, sub, &format!("b{i}"), b"").await;
+    }
+    assert_eq!(h.fs.writeback_pending(), 40);
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).calls("put_archive"), 2, "one archive per directory");
+    assert_eq!(r(&h).calls("upload"), 0);
+    for i in 0..20 {
+        assert_eq!(
+            r(&h).content(&path(&format!("a{i}"))).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+        assert_eq!(r(&h).content(&path(&format!("sub/b{i}"))).unwrap(), b"");
+    }
+    assert!(h.fs.unsent().is_empty());
+    // A refused batch falls back to one upload per file.
+    r(&h).fail_once("put_archive", RemoteError::InvalidArgument("nope".into()));
+    write_new(&h, ROOT_INO, "x1", b"1").await;
+    write_new(&h, ROOT_INO, "x2", b"2").await;
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("x1")).unwrap(), b"1");
+    assert_eq!(r(&h).content(&path("x2")).unwrap(), b"2");
+}
+
+#[tokio::test]
+async fn a_forgotten_inode_with_unsent_data_keeps_its_state() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let ino = write_new(&h, ROOT_INO, "waiting", b"12345").await;
+    h.fs.forget(ino, 1);
+    h.clock.advance(Duration::from_secs(30));
+    let e = found(&h, ROOT_INO, "waiting").await;
+    assert_eq!(
+        (e.attr.ino, e.attr.size),
+        (ino, 5),
+        "local state still wins"
+    );
+    assert!(r(&h).get(&path("waiting")).is_none());
+    h.clock.advance(Duration::from_secs(31));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("waiting")).unwrap(), b"12345");
+}
+
+/// A tiny tmpfs for the staging area (root only), unmounted on drop.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TinyDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_staging_disk_is_enospc_on_write() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let Some(_disk) = TinyDisk::mount(&dirs.path().join("staging"), "64k") else {
+        eprintln!(
+            "SKIPPED a_full_staging_disk_is_enospc_on_write: cannot mount a tmpfs (needs root)"
+        );
+        return;
+    };
+    let cfg = config(&dirs);
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(ManualClock::new())).unwrap();
+    let c = fs
+        .create(ROOT_INO, os("big"), 0o100644, 0o022, libc::O_WRONLY)
+        .await
+        .unwrap();
+    let chunk = vec![1u8; 16 * 1024];
+    let mut err = None;
+    for i in 0..16u64 {
+        if let Err(e) = fs.write(c.opened.fh, i * chunk.len() as u64, &chunk).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("a 64 KiB staging disk fills up");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    // What fitted is still there and can be sent.
+    let _ = fs.release(c.opened.fh).await;
+}

@@ -12,28 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::mount::{is_mounted, MountedFs};
 
-fn sh(dir: &std::path::Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "`{script}` failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn everyday_file_operations() {
     let m = MountedFs::start();
     // mkdir, write with shell tools, read back.
     fs::create_dir(m.p("proj")).unwrap();
-    sh(m.path(), "echo 'hello mount' > proj/hello.txt");
+    m.sh("echo 'hello mount' > proj/hello.txt");
     assert_eq!(
         fs::read_to_string(m.p("proj/hello.txt")).unwrap(),
         "hello mount\n"
@@ -42,12 +26,12 @@ fn everyday_file_operations() {
         fs::read_to_string(m.remote("proj/hello.txt")).unwrap(),
         "hello mount\n"
     );
-    assert_eq!(sh(m.path(), "cat proj/hello.txt"), "hello mount\n");
-    let ls = sh(m.path(), "ls -l proj");
+    assert_eq!(m.sh("cat proj/hello.txt"), "hello mount\n");
+    let ls = m.sh("ls -l proj");
     assert!(ls.contains("hello.txt") && ls.contains(" 12 "), "{ls}");
 
     // rename
-    sh(m.path(), "mv proj/hello.txt proj/renamed.txt");
+    m.sh("mv proj/hello.txt proj/renamed.txt");
     assert!(!m.remote("proj/hello.txt").exists());
     assert_eq!(
         fs::read_to_string(m.remote("proj/renamed.txt")).unwrap(),
@@ -67,7 +51,7 @@ fn everyday_file_operations() {
 
     // chmod +x and execute
     fs::write(m.p("run.sh"), "#!/bin/sh\necho it-ran\n").unwrap();
-    sh(m.path(), "chmod +x run.sh");
+    m.sh("chmod +x run.sh");
     assert_eq!(
         fs::metadata(m.remote("run.sh"))
             .unwrap()
@@ -76,7 +60,7 @@ fn everyday_file_operations() {
             & 0o777,
         0o755
     );
-    assert_eq!(sh(m.path(), "./run.sh"), "it-ran\n");
+    assert_eq!(m.sh("./run.sh"), "it-ran\n");
 
     // symlink / readlink (relative target)
     fs::write(m.p("target.txt"), "T").unwrap();
@@ -92,7 +76,7 @@ fn everyday_file_operations() {
     assert_eq!(fs::read_to_string(m.p("link")).unwrap(), "T");
 
     // empty file
-    sh(m.path(), "touch empty && : > empty2");
+    m.sh("touch empty && : > empty2");
     assert_eq!(fs::metadata(m.remote("empty")).unwrap().len(), 0);
     assert_eq!(fs::metadata(m.remote("empty2")).unwrap().len(), 0);
     assert_eq!(fs::metadata(m.p("empty")).unwrap().len(), 0);
@@ -184,16 +168,16 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
         fs::write(m.remote(&format!("many/file-{i:04}.dat")), b"0123456789").unwrap();
     }
     // The directory itself (and the mount root) are looked up once; then only the listing.
-    sh(m.path(), "stat many > /dev/null");
+    m.sh("stat many > /dev/null");
     m.server().reset_stats();
-    let out = sh(m.path(), "ls -l many | wc -l");
+    let out = m.sh("ls -l many | wc -l");
     assert_eq!(out.trim(), "2001");
     let stats = m.server().stats();
     assert_eq!(stats.calls("GET ops/ls"), 1, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
-    let found = sh(m.path(), "find many -type f | wc -l");
+    let found = m.sh("find many -type f | wc -l");
     assert_eq!(found.trim(), "2000");
-    sh(m.path(), "du -s many");
+    m.sh("du -s many");
     let stats = m.server().stats();
     assert!(stats.calls("GET ops/ls") <= 2, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
@@ -231,4 +215,131 @@ fn sigterm_unmounts_and_exits_zero() {
     }
     let status = m.unmount().expect("daemon exits");
     assert!(status.success(), "{status:?}\n{}", m.log());
+}
+
+#[test]
+fn without_f_it_backgrounds_and_returns_once_mounted() {
+    let srv = common::server::TestServer::start();
+    let mnt = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
+        .arg("mount")
+        .arg(format!("{}:{}", srv.system(), srv.root().display()))
+        .arg(mnt.path())
+        .arg("--staging-dir")
+        .arg(work.path().join("staging"))
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .args(["--rate-limit", "0"])
+        .env("XDG_CACHE_HOME", work.path())
+        .env("FIRECREST_URL", srv.url())
+        .env("FIRECREST_CLIENT_ID", "f7tfs")
+        .env("FIRECREST_CLIENT_SECRET", "f7tfs")
+        .env("AUTH_TOKEN_URL", srv.token_url())
+        .output()
+        .unwrap();
+    let mounted = is_mounted(mnt.path());
+    let guard = scopeguard(mnt.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mounted, "the command returned before the mount was live");
+    fs::write(mnt.path().join("bg.txt"), "daemon").unwrap();
+    assert_eq!(
+        fs::read_to_string(srv.root().join("bg.txt")).unwrap(),
+        "daemon"
+    );
+    drop(guard);
+    assert!(!is_mounted(mnt.path()));
+    // The daemon exits by itself after the unmount (its log says so).
+    let log = work.path().join("f7tfs/logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text: String = fs::read_dir(&log)
+            .unwrap()
+            .map(|e| fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .collect();
+        if text.contains("unmounted") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not finish:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Unmounts `mp` on drop (lazily if needed), so a failed assertion leaves no mount behind.
+fn scopeguard(mp: &std::path::Path) -> impl Drop + '_ {
+    struct G<'a>(&'a std::path::Path);
+    impl Drop for G<'_> {
+        fn drop(&mut self) {
+            if is_mounted(self.0) {
+                let ok = Command::new("fusermount3").arg("-u").arg(self.0).status();
+                if !ok.is_ok_and(|s| s.success()) {
+                    let _ = Command::new("fusermount3")
+                        .args(["-u", "-z"])
+                        .arg(self.0)
+                        .status();
+                }
+            }
+        }
+    }
+    G(mp)
+}
+
+/// Writes and closes explicitly, returning close()'s error (std's drop ignores it).
+fn write_and_close(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` was just released from the File and is closed exactly once.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+trait OrLog {
+    fn unwrap_err_or_log(self, m: &MountedFs) -> std::io::Error;
+}
+
+impl OrLog for std::io::Result<()> {
+    fn unwrap_err_or_log(self, m: &MountedFs) -> std::io::Error {
+        match self {
+            Err(e) => e,
+            Ok(()) => panic!(
+                "expected an error; remote has it: {}\n{}",
+                m.remote("refused.txt").exists(),
+                m.log()
+            ),
+        }
+    }
+}
+
+#[test]
+fn permission_denied_on_the_remote_is_eacces() {
+    const USER: &str = "fireuser";
+    if !common::server::ensure_user(USER) {
+        eprintln!("SKIPPED permission_denied_on_the_remote_is_eacces: needs root to create {USER}");
+        return;
+    }
+    let m = MountedFs::start_with(&[], |c| c.as_user = Some(USER.into()));
+    // A directory the server's user may not enter.
+    fs::create_dir(m.remote("secret")).unwrap();
+    fs::set_permissions(m.remote("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(m.remote("secret/inside"), "x").unwrap();
+    let err = fs::read_dir(m.p("secret")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    // The served root belongs to root: a new file there is refused when it is closed.
+    let err = write_and_close(&m.p("refused.txt"), b"data").unwrap_err_or_log(&m);
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    assert!(!m.remote("refused.txt").exists());
+    // mkdir is refused at once.
+    let err = fs::create_dir(m.p("nodir")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
 }

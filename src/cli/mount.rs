@@ -22,7 +22,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
     /// accepted and ignored).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -50,6 +50,11 @@ pub struct MountArgs {
     /// Let other local users access the mount.
     #[arg(long)]
     pub allow_other: bool,
+    /// Delayed write-back in seconds: small new files are uploaded this long after close, so
+    /// the utimens/chmod/rename that follow (rsync, tar, cp -p) join one archive upload.
+    /// 0 (default): close returns once the remote has the data.
+    #[arg(long)]
+    pub writeback_delay: Option<f64>,
     /// Client-side request rate limit in requests per minute (0 = unlimited).
     #[arg(long)]
     pub rate_limit: Option<u32>,
@@ -168,6 +173,12 @@ impl MountArgs {
                 "api_version" if self.api_version.is_none() => {
                     self.api_version = Some(need(val)?.to_string())
                 }
+                "writeback_delay" if self.writeback_delay.is_none() => {
+                    mount.writeback_delay = parse_secs(need(val)?, key)?
+                }
+                "writeback_delay" => {}
+                "statfs_size" => mount.statfs_total_bytes = parse_size(need(val)?)?,
+                "statfs_free" => mount.statfs_free_bytes = parse_size(need(val)?)?,
                 "rate_limit" if self.rate_limit.is_none() => {
                     self.rate_limit = Some(
                         need(val)?
@@ -287,6 +298,9 @@ impl MountArgs {
         if let Some(v) = self.negative_ttl {
             mount.cache.negative_ttl = secs(v, "--negative-ttl")?;
         }
+        if let Some(v) = self.writeback_delay {
+            mount.writeback_delay = secs(v, "--writeback-delay")?;
+        }
         if let Some(v) = self.dir_ttl {
             mount.cache.dir_ttl = secs(v, "--dir-ttl")?;
         }
@@ -300,6 +314,7 @@ impl MountArgs {
             mount.cache.cache_max_size = parse_size(s)?;
         }
         mount.allow_other |= self.allow_other;
+        mount.statfs_free_bytes = mount.statfs_free_bytes.min(mount.statfs_total_bytes);
         mount.validate()?;
         let url = self
             .url
@@ -330,8 +345,86 @@ impl MountArgs {
 /// Runs `f7tfs mount`.
 pub fn run(args: MountArgs) -> Result<(), String> {
     crate::logging::init();
+    let foreground = args.foreground;
     let (remote, mount) = args.into_configs()?;
+    if !foreground {
+        return background(&mount);
+    }
     crate::mount::run(remote, mount)
+}
+
+/// Without `-f`: runs this same command with `-f` in a new session, logging to
+/// `~/.cache/f7tfs/logs/`, and returns once the mount is live (or with the child's error).
+fn background(mount: &MountConfig) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the f7tfs binary: {e}"))?;
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    argv.push("-f".into());
+    let logs = crate::config::default_cache_root().join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
+    let tag: String = mount
+        .mountpoint
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let log_path = logs.join(format!("mount{tag}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create the log file {}: {e}", log_path.display()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| format!("cannot use the log file: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(argv)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log2)
+        .stderr(log);
+    // SAFETY: setsid() is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the mount daemon: {e}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if crate::mount::is_mounted(&mount.mountpoint) {
+            eprintln!(
+                "f7tfs: mounted at {} (pid {}, log {})",
+                mount.mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let line = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("f7tfs: "))
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "the mount daemon exited ({status}); see {}",
+                        log_path.display()
+                    )
+                });
+            return Err(line);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "the mount did not come up within 5 minutes; see {}",
+                log_path.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]
@@ -373,7 +466,7 @@ mod tests {
             "--token-command",
             "echo t",
             "-o",
-            "attr_ttl=0,dir_ttl=1.5,allow_other,cache_max_size=1G",
+            "attr_ttl=0,dir_ttl=1.5,allow_other,cache_max_size=1G,statfs_size=2T,statfs_free=1T",
             "--negative-ttl",
             "3",
         ])
@@ -385,6 +478,10 @@ mod tests {
         assert_eq!(m.cache.negative_ttl, Duration::from_secs(3));
         assert_eq!(m.cache.cache_max_size, 1 << 30);
         assert!(m.allow_other);
+        assert_eq!(
+            (m.statfs_total_bytes, m.statfs_free_bytes),
+            (2 << 40, 1 << 40)
+        );
         assert!(matches!(r.credentials, Credentials::TokenCommand(_)));
     }
 

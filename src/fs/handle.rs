@@ -118,11 +118,13 @@ pub struct DirSnapEntry {
     pub stat: Stat,
 }
 
-/// An open directory: the listing is taken once, at the first `readdir`.
+/// An open directory: the listing taken at `opendir` (again on rewinddir).
 pub struct DirHandle {
     pub ino: InodeNo,
     pub path: RemotePath,
     pub entries: tokio::sync::Mutex<Option<Arc<Vec<DirSnapEntry>>>>,
+    /// A `readdir` was answered already (offset 0 again means rewinddir).
+    pub read: std::sync::atomic::AtomicBool,
 }
 
 /// The file and directory handle tables.

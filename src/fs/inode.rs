@@ -100,8 +100,10 @@ impl InodeTable {
         h.finish() | (1 << 63)
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: InodeNo, n: u64) {
+    /// The kernel dropped `n` lookups of `ino`. With `keep`, the mapping survives a count
+    /// of zero (the core still holds state for it, e.g. a staged file waiting for its
+    /// upload); `drop_unused` removes it later.
+    pub fn forget(&self, ino: InodeNo, n: u64, keep: bool) {
         if ino == ROOT_INO {
             return;
         }
@@ -109,10 +111,26 @@ impl InodeTable {
         let gone = match inner.by_ino.get_mut(&ino) {
             Some(node) => {
                 node.lookups = node.lookups.saturating_sub(n);
-                node.lookups == 0
+                node.lookups == 0 && !keep
             }
             None => false,
         };
+        if gone {
+            if let Some(node) = inner.by_ino.remove(&ino) {
+                if inner.by_path.get(&node.path) == Some(&ino) {
+                    inner.by_path.remove(&node.path);
+                }
+            }
+        }
+    }
+
+    /// Removes `ino` if the kernel holds no lookups on it any more.
+    pub fn drop_unused(&self, ino: InodeNo) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let gone = inner.by_ino.get(&ino).is_some_and(|n| n.lookups == 0);
         if gone {
             if let Some(node) = inner.by_ino.remove(&ino) {
                 if inner.by_path.get(&node.path) == Some(&ino) {
@@ -179,11 +197,13 @@ mod tests {
         assert_eq!(t.path(a).unwrap(), p("/r/b"));
         assert_eq!(t.path(f).unwrap(), p("/r/b/f"));
         assert_eq!(t.peek(&p("/r/a")), None);
-        t.forget(a, 1);
+        t.forget(a, 1, false);
         assert!(t.path(a).is_some());
-        t.forget(a, 1);
+        t.forget(a, 1, true);
+        assert!(t.path(a).is_some(), "kept while the core holds state");
+        t.drop_unused(a);
         assert!(t.path(a).is_none());
-        t.forget(ROOT_INO, 10);
+        t.forget(ROOT_INO, 10, false);
         assert!(t.path(ROOT_INO).is_some());
     }
 

@@ -17,8 +17,8 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use super::file::archive_refused;
 use super::handle::OpenFile;
+use super::writeback::archive_refused;
 use super::{Filesystem, InodeNo};
 use crate::cache::rebase;
 use crate::error::{FsError, FsResult};
@@ -44,10 +44,10 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
+        let src = self.resolve(&from).await?;
         if from == to {
             return Ok(());
         }
-        let src = self.resolve(&from).await?;
         if to.starts_with(&from) {
             return Err(FsError::InvalidArgument(format!("{from} into itself")));
         }

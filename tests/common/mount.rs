@@ -72,6 +72,11 @@ impl MountedFs {
             .expect("work dir");
         let log = work.path().join("daemon.log");
         let source = format!("{}:{}", server.system(), server.root().display());
+        // A local test server needs no client-side rate limit unless a test sets one.
+        let mut args: Vec<&str> = args.to_vec();
+        if !args.iter().any(|a| a.starts_with("--rate-limit")) {
+            args.extend(["--rate-limit", "0"]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
             .arg("mount")
             .arg("-f")
@@ -81,7 +86,7 @@ impl MountedFs {
             .arg(work.path().join("staging"))
             .arg("--cache-dir")
             .arg(work.path().join("cache"))
-            .args(args)
+            .args(&args)
             .env("FIRECREST_URL", server.url())
             .env("FIRECREST_CLIENT_ID", "f7tfs")
             .env("FIRECREST_CLIENT_SECRET", "f7tfs")
@@ -183,6 +188,26 @@ impl MountedFs {
     /// The server (stats, faults).
     pub fn server(&self) -> &TestServer {
         &self.server
+    }
+
+    /// Runs `sh -c script` inside the mount; panics with its output on failure; returns
+    /// stdout.
+    pub fn sh(&self, script: &str) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(self.path())
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "`{script}` failed ({}):\n{}{}\ndaemon log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log, 15)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The daemon's log so far.
