@@ -52,7 +52,11 @@ pub struct Args {
     /// Run only these workload ids (comma separated, e.g. ls-cold,find).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Keep f7tfs' job delay of `f7tfs serve` (ms) for transfer jobs.
+    /// Extra `f7tfs mount` arguments (whitespace separated). The default lifts the client-side
+    /// rate limit (1,200 calls/min), which no baseline has; pass "" to measure with it.
+    #[arg(long, default_value = "--rate-limit 0", allow_hyphen_values = true)]
+    pub mount_args: String,
+    /// Delay of `f7tfs serve`'s transfer jobs (PENDING time), milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub job_delay_ms: u64,
 }

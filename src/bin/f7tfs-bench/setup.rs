@@ -158,7 +158,14 @@ pub struct Endpoint {
 }
 
 /// Mounts `SYSTEM:ROOT` with `f7tfs mount -f` (fresh staging and cache directories).
-pub fn mount_f7tfs(bin: &Path, ep: &Endpoint, root: &Path, mp: &Path, work: &Path) -> R<Mount> {
+pub fn mount_f7tfs(
+    bin: &Path,
+    ep: &Endpoint,
+    root: &Path,
+    mp: &Path,
+    work: &Path,
+    extra: &str,
+) -> R<Mount> {
     static MOUNTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = MOUNTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let scratch = work.join(format!("mount-{n}"));
@@ -172,6 +179,7 @@ pub fn mount_f7tfs(bin: &Path, ep: &Endpoint, root: &Path, mp: &Path, work: &Pat
         .arg(scratch.join("staging"))
         .arg("--cache-dir")
         .arg(scratch.join("cache"))
+        .args(extra.split_whitespace())
         .env("FIRECREST_URL", &ep.url)
         .env("FIRECREST_CLIENT_ID", "f7tfs")
         .env("FIRECREST_CLIENT_SECRET", "f7tfs")

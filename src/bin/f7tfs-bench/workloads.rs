@@ -152,7 +152,7 @@ fn verify_script(w: &World, id: &str, tag: &str) -> Option<String> {
             let f = r(&format!("vim_{tag}.txt"));
             format!(
                 "[ \"$(tail -c 2 {f} | head -c 1)\" = x ] || echo 'edit missing'; \
-                 ls -A {} | grep 'vim_{tag}' | grep -vx 'vim_{tag}.txt' || true",
+                 ls -A {} | grep -E '^(\\.?vim_{tag}\\.txt.|4913$)' || true",
                 r(".")
             )
         }
@@ -245,7 +245,7 @@ fn run_mount_target(
         let mp = w.work.join(format!("mnt-{tag}-{g}"));
         let mounted = match target {
             Target::F7tfs { ep, .. } => {
-                setup::mount_f7tfs(&w.args.f7tfs, ep, &w.root, &mp, &w.work)
+                setup::mount_f7tfs(&w.args.f7tfs, ep, &w.root, &mp, &w.work, &w.args.mount_args)
             }
             Target::Sshfs { sshd, proxy } => {
                 setup::mount_sshfs(&sshd.key, proxy.addr.port(), &w.root, &mp, &w.work)
@@ -498,11 +498,12 @@ fn report(w: &World, defs: &[StepDef], res: &HashMap<(String, String), Measure>)
     println!();
     println!(
         "f7tfs-bench: latency {} ms per API/S3 call (proxy: {} ms each way), big file {} MiB, \
-         job delay {} ms",
+         job delay {} ms, mount args {:?}",
         a.latency_ms,
         a.latency_ms / 2,
         a.big_mb,
-        a.job_delay_ms
+        a.job_delay_ms,
+        a.mount_args
     );
     println!("times in seconds; (xR) = f7tfs time / baseline time, below 1 means f7tfs is faster");
     println!();
@@ -659,13 +660,13 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
             check_interrupt()?;
             reset_stats(rt, &server.url)?;
             let started = Instant::now();
-            let Some(r) = rt
-                .block_on(tokio::time::timeout(
-                    Duration::from_secs(args.step_timeout),
-                    http_step(&api, &w, d.id),
-                ))
-                .unwrap_or(Some(Err("timeout".into())))
-            else {
+            let limit = Duration::from_secs(args.step_timeout);
+            let step = rt.block_on(async {
+                tokio::time::timeout(limit, http_step(&api, &w, d.id))
+                    .await
+                    .unwrap_or(Some(Err("timeout".into())))
+            });
+            let Some(r) = step else {
                 continue;
             };
             let took = started.elapsed().as_secs_f64();
