@@ -38,6 +38,8 @@ impl DelayProxy {
             };
             loop {
                 let Ok((client, _)) = listener.accept().await else {
+                    // Out of descriptors or similar: do not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
                 let counter = counter.clone();

@@ -105,14 +105,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `f7tfs serve ROOT --listen 127.0.0.1:0 ...` and waits for its `export` lines.
-    pub fn start(bin: &Path, root: &Path, work: &Path, name: &str, extra: &[String]) -> R<Self> {
+    /// Starts `f7tfs serve ROOT --listen 127.0.0.1:PORT ...` (0: any free port) and waits for
+    /// its `export` lines (which carry `--public-url` when one is given).
+    pub fn start(
+        bin: &Path,
+        root: &Path,
+        work: &Path,
+        name: &str,
+        port: u16,
+        extra: &[String],
+    ) -> R<Self> {
         let out = work.join(format!("{name}.out"));
         let err = work.join(format!("{name}.log"));
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
             .arg(root)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("F7TFS_LOG", "warn")
             .stdin(Stdio::null())

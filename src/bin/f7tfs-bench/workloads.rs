@@ -630,6 +630,7 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
         &w.root,
         &w.work,
         "serve",
+        0,
         &[
             "--latency-ms".into(),
             lat.clone(),
@@ -761,11 +762,14 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
     if !args.no_proxy_run {
         let (proxy, set) = rt.block_on(DelayProxy::bind(one_way)).ctx("bind proxy")?;
         let public = format!("http://{}", proxy.addr);
+        // The server prints the public (proxy) URL; its own address is the port chosen here.
+        let port = crate::procs::free_port()?;
         let plain = Server::start(
             &args.f7tfs,
             &w.root,
             &w.work,
             "serve-plain",
+            port,
             &[
                 "--public-url".into(),
                 public.clone(),
@@ -773,22 +777,16 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
                 jd,
             ],
         )?;
-        let up: std::net::SocketAddr = plain
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse()
-            .ctx("server address")?;
+        let up: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
         rt.block_on(set.send(up)).ctx("proxy upstream")?;
-        let via = |u: &str| u.replacen(&plain.url, &public, 1);
         let t = Target::F7tfs {
             tag: "f7tfs-proxy",
             ep: Endpoint {
-                url: via(&plain.url),
-                token_url: via(&plain.token_url),
+                url: plain.url.clone(),
+                token_url: plain.token_url.clone(),
                 system: plain.system.clone(),
             },
-            stats_url: plain.url.clone(),
+            stats_url: format!("http://{up}"),
         };
         run_mount_target(&w, rt, &t, &defs, &mut results)?;
     }
