@@ -56,6 +56,10 @@ pub struct Args {
     /// rate limit (1,200 calls/min), which no baseline has; pass "" to measure with it.
     #[arg(long, default_value = "--rate-limit 0", allow_hyphen_values = true)]
     pub mount_args: String,
+    /// Also rerun the writing workloads (cp -r in, rsync, vim) with `--writeback-delay S`,
+    /// timed until the remote has the result; 0 skips that run.
+    #[arg(long, default_value_t = 2.0)]
+    pub writeback_delay: f64,
     /// Delay of `f7tfs serve`'s transfer jobs (PENDING time), milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub job_delay_ms: u64,

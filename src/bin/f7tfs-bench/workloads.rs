@@ -72,6 +72,9 @@ fn steps(big: u64) -> Vec<StepDef> {
     ]
 }
 
+/// Steps rerun with delayed write-back.
+const WB_STEPS: [&str; 4] = ["cp-in", "rsync1", "rsync2", "vim"];
+
 /// What one target measured for one step.
 #[derive(Default, Clone)]
 struct Measure {
@@ -220,6 +223,10 @@ enum Target<'a> {
         tag: &'static str,
         ep: Endpoint,
         stats_url: String,
+        /// Extra mount arguments of this target.
+        extra: String,
+        /// Count the time until the remote check passes (delayed write-back).
+        wait_remote: bool,
     },
     Sshfs {
         sshd: &'a setup::Sshd,
@@ -244,9 +251,14 @@ fn run_mount_target(
         check_interrupt()?;
         let mp = w.work.join(format!("mnt-{tag}-{g}"));
         let mounted = match target {
-            Target::F7tfs { ep, .. } => {
-                setup::mount_f7tfs(&w.args.f7tfs, ep, &w.root, &mp, &w.work, &w.args.mount_args)
-            }
+            Target::F7tfs { ep, extra, .. } => setup::mount_f7tfs(
+                &w.args.f7tfs,
+                ep,
+                &w.root,
+                &mp,
+                &w.work,
+                &format!("{} {extra}", w.args.mount_args),
+            ),
             Target::Sshfs { sshd, proxy } => {
                 setup::mount_sshfs(&sshd.key, proxy.addr.port(), &w.root, &mp, &w.work)
             }
@@ -276,8 +288,18 @@ fn run_mount_target(
                 Target::Sshfs { proxy, .. } => proxy.bytes(),
             };
             eprintln!("bench: {tag}: {} ...", d.id);
-            let (outcome, took) =
+            let (outcome, mut took) =
                 run_cmd(&script, Duration::from_secs(w.args.step_timeout), &w.work)?;
+            if let (
+                Target::F7tfs {
+                    wait_remote: true, ..
+                },
+                Outcome::Ok(_),
+                Some(v),
+            ) = (target, &outcome, verify_script(w, d.id, tag))
+            {
+                took += wait_until_remote(w, &v)?;
+            }
             let mut m = Measure::default();
             match target {
                 Target::F7tfs { stats_url, .. } => {
@@ -334,6 +356,20 @@ fn run_mount_target(
         }
     }
     Ok(())
+}
+
+/// Polls a remote check until it passes (bounded by the step timeout); the time it took.
+fn wait_until_remote(w: &World, check: &str) -> R<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(w.args.step_timeout) {
+        if let (Outcome::Ok(out), _) = run_cmd(check, Duration::from_secs(60), &w.work)? {
+            if out.trim().is_empty() {
+                break;
+            }
+        }
+        crate::procs::sleep(Duration::from_millis(50))?;
+    }
+    Ok(started.elapsed())
 }
 
 /// The plain-HTTP version of a step; `None` when it has no HTTP equivalent.
@@ -509,17 +545,19 @@ fn report(w: &World, defs: &[StepDef], res: &HashMap<(String, String), Measure>)
     println!();
     println!(
         "| workload | lower bound calls | f7tfs calls | f7tfs bytes | f7tfs s | HTTP s (calls) | \
-         pyfirecrest s (calls) | sshfs s (bytes) | f7tfs via proxy s (calls) |"
+         pyfirecrest s (calls) | sshfs s (bytes) | f7tfs via proxy s (calls) | f7tfs write-back \
+         delay s (calls) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for d in defs {
         let f7 = get(d.id, "f7tfs");
         let h = get(d.id, "http");
         let py = get(d.id, "pyfirecrest");
         let ss = get(d.id, "sshfs");
         let px = get(d.id, "f7tfs-proxy");
+        let wb = get(d.id, "f7tfs-wb");
         println!(
-            "| {} | {} | {} | {} | {} | {}{} [{}] | {}{} [{}] | {}{} [{}] | {} [{}] |",
+            "| {} | {} | {} | {} | {} | {}{} [{}] | {}{} [{}] | {}{} [{}] | {} [{}] | {} [{}] |",
             d.title,
             d.lower,
             calls(f7),
@@ -536,6 +574,8 @@ fn report(w: &World, defs: &[StepDef], res: &HashMap<(String, String), Measure>)
             fmt_bytes(ss.and_then(|m| m.bytes)),
             fmt_secs(px),
             calls(px),
+            fmt_secs(wb),
+            calls(wb),
         );
     }
     println!();
@@ -614,7 +654,7 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
     if !args.only.is_empty() {
         defs.retain(|d| args.only.iter().any(|o| o == d.id));
     }
-    let tags = ["f7tfs", "f7tfs-proxy", "sshfs", "http", "py"];
+    let tags = ["f7tfs", "f7tfs-wb", "f7tfs-proxy", "sshfs", "http", "py"];
     eprintln!(
         "bench: writing fixtures under {} ...",
         base.path().display()
@@ -643,16 +683,35 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
     let mut results: HashMap<(String, String), Measure> = HashMap::new();
 
     // 1. f7tfs against the server's own added latency.
+    let ep = || Endpoint {
+        url: server.url.clone(),
+        token_url: server.token_url.clone(),
+        system: server.system.clone(),
+    };
     let direct = Target::F7tfs {
         tag: "f7tfs",
-        ep: Endpoint {
-            url: server.url.clone(),
-            token_url: server.token_url.clone(),
-            system: server.system.clone(),
-        },
+        ep: ep(),
         stats_url: server.url.clone(),
+        extra: String::new(),
+        wait_remote: false,
     };
     run_mount_target(&w, rt, &direct, &defs, &mut results)?;
+
+    // 1b. The writing workloads again with delayed write-back, timed until the remote has it.
+    if args.writeback_delay > 0.0 {
+        let t = Target::F7tfs {
+            tag: "f7tfs-wb",
+            ep: ep(),
+            stats_url: server.url.clone(),
+            extra: format!("--writeback-delay {}", args.writeback_delay),
+            wait_remote: true,
+        };
+        let writing: Vec<StepDef> = steps(w.big)
+            .into_iter()
+            .filter(|d| WB_STEPS.contains(&d.id) && defs.iter().any(|x| x.id == d.id))
+            .collect();
+        run_mount_target(&w, rt, &t, &writing, &mut results)?;
+    }
 
     // 2. The plain HTTP client on the same server.
     {
@@ -787,6 +846,8 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
                 system: plain.system.clone(),
             },
             stats_url: format!("http://{up}"),
+            extra: String::new(),
+            wait_remote: false,
         };
         run_mount_target(&w, rt, &t, &defs, &mut results)?;
     }
