@@ -595,7 +595,18 @@ async fn names_the_api_cannot_carry_are_refused() {
             libc::EINVAL
         );
     }
+    // A component longer than NAME_MAX is ENAMETOOLONG, as on a local disk (pjdfstest
+    // *::enametoolong_component), for lookups and creations alike, without a call.
+    let long = "n".repeat(256);
+    let err = h.fs.lookup(ROOT_INO, os(&long)).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let err =
+        h.fs.create(ROOT_INO, os(&long), 0o100644, 0, libc::O_WRONLY)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
     assert_eq!(r(&h).total_calls(), 0);
+    write_new(&h, ROOT_INO, &"n".repeat(255), b"x").await;
     // Unicode, spaces and leading dots are fine.
     write_new(&h, ROOT_INO, "Grüße aus Zürich.txt", b"x").await;
     write_new(&h, ROOT_INO, ".hidden", b"y").await;

@@ -151,9 +151,8 @@ pub fn check_name(name: &OsStr) -> FsResult<&str> {
         return Err(FsError::InvalidName(format!("not a file name: {name:?}")));
     }
     if name.len() > 255 {
-        return Err(FsError::InvalidName(format!(
-            "longer than 255 bytes: {name:?}"
-        )));
+        // ENAMETOOLONG like any local file system (pjdfstest *::enametoolong_component).
+        return Err(FsError::NameTooLong(format!("{} bytes", name.len())));
     }
     if let Some(c) = name.chars().find(|c| *c == '\'' || c.is_control()) {
         return Err(FsError::InvalidName(format!(
