@@ -1193,3 +1193,53 @@ async fn a_forgotten_inode_with_unsent_data_keeps_its_state() {
     h.fs.writeback_tick().await;
     assert_eq!(r(&h).content(&path("waiting")).unwrap(), b"12345");
 }
+
+#[tokio::test]
+async fn our_entry_changes_move_the_parents_mtime_and_ctime() {
+    // pjdfstest *::changed_time_fields_success, *::update_mtime_ctime_success_folder: after
+    // mkdir/create/unlink/rename inside a directory, stat of that directory shows new times
+    // at once (the kernel asks again right after such an op), not the cached ones.
+    let h = harness();
+    let a =
+        h.fs.mkdir(ROOT_INO, os("a"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let b =
+        h.fs.mkdir(ROOT_INO, os("b"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let times = |x: fuser::FileAttr| (x.mtime, x.ctime);
+    let step = || tokio::time::sleep(Duration::from_millis(1100));
+
+    let before = times(h.fs.getattr(a).await.unwrap().attr);
+    step().await;
+    h.fs.mkdir(a, os("sub"), 0o755, 0).await.unwrap();
+    let after_mkdir = times(h.fs.getattr(a).await.unwrap().attr);
+    assert!(after_mkdir.0 > before.0 && after_mkdir.1 > before.1);
+
+    step().await;
+    write_new(&h, a, "f", b"x").await;
+    let after_create = times(h.fs.getattr(a).await.unwrap().attr);
+    assert!(after_create.0 > after_mkdir.0 && after_create.1 > after_mkdir.1);
+
+    let b_before = times(h.fs.getattr(b).await.unwrap().attr);
+    step().await;
+    h.fs.rename(a, os("f"), b, os("g"), 0).await.unwrap();
+    let a_after = times(h.fs.getattr(a).await.unwrap().attr);
+    let b_after = times(h.fs.getattr(b).await.unwrap().attr);
+    assert!(
+        a_after.0 > after_create.0,
+        "source directory's mtime moves on"
+    );
+    assert!(b_after.0 > b_before.0, "target directory's mtime moves on");
+
+    step().await;
+    h.fs.unlink(b, os("g")).await.unwrap();
+    h.fs.rmdir(a, os("sub")).await.unwrap();
+    assert!(h.fs.getattr(b).await.unwrap().attr.mtime > b_after.0);
+    assert!(h.fs.getattr(a).await.unwrap().attr.mtime > a_after.0);
+}

@@ -12,7 +12,7 @@ pub mod content;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
@@ -246,6 +246,19 @@ impl MetadataCache {
         let mut inner = self.inner.lock();
         inner.attrs.remove(path);
         inner.negative.remove(path);
+    }
+
+    /// Our own entry change inside `dir` (create, mkdir, unlink, rmdir, symlink, rename):
+    /// its cached mtime and ctime become `when`, as the remote's do, so `stat` of the
+    /// directory right after shows the change (POSIX; the kernel asks again at once).
+    pub fn touch_dir(&self, dir: &RemotePath, when: SystemTime) {
+        let mut inner = self.inner.lock();
+        if let Some(e) = inner.attrs.get_mut(dir) {
+            if e.attr.stat.mtime < when {
+                e.attr.stat.mtime = when;
+            }
+            e.attr.stat.ctime = Some(e.attr.stat.ctime.map_or(when, |c| c.max(when)));
+        }
     }
 
     /// Forgets the listing of `dir`.

@@ -649,6 +649,13 @@ impl<R: RemoteFs> Filesystem<R> {
         self.handles.remove_dir(fh);
     }
 
+    /// Our own change of an entry in `path`'s parent: the parent's mtime/ctime move on.
+    pub(crate) fn parent_changed(&self, path: &RemotePath) {
+        if let Some(dir) = path.parent() {
+            self.cache.touch_dir(&dir, whole_seconds(SystemTime::now()));
+        }
+    }
+
     /// `mkdir`: one call (plus a chmod if the requested mode differs from the remote's).
     pub async fn mkdir(
         &self,
@@ -668,6 +675,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.put_attr(&path, stat.clone(), None);
         self.cache.put_listing(&path, &[]);
+        self.parent_changed(&path);
         Ok(self.entry(&path, &stat))
     }
 
@@ -719,6 +727,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.remove(&path);
         self.inodes.unlink(&path);
+        self.parent_changed(&path);
         Ok(())
     }
 
@@ -746,6 +755,7 @@ impl<R: RemoteFs> Filesystem<R> {
         self.remote.remove(&path).await?;
         self.cache.remove(&path);
         self.inodes.unlink(&path);
+        self.parent_changed(&path);
         Ok(())
     }
 
@@ -774,6 +784,7 @@ impl<R: RemoteFs> Filesystem<R> {
         );
         self.cache
             .put_attr(&path, stat.clone(), Some(target.to_string()));
+        self.parent_changed(&path);
         Ok(self.entry(&path, &stat))
     }
 

@@ -97,6 +97,8 @@ impl<R: RemoteFs> Filesystem<R> {
                 .await?
         };
         self.finish_rename(&from, &to, new_stat);
+        self.parent_changed(&from);
+        self.parent_changed(&to);
         Ok(())
     }
 
