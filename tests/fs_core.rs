@@ -1243,3 +1243,58 @@ async fn our_entry_changes_move_the_parents_mtime_and_ctime() {
     assert!(h.fs.getattr(b).await.unwrap().attr.mtime > b_after.0);
     assert!(h.fs.getattr(a).await.unwrap().attr.mtime > a_after.0);
 }
+
+/// A tiny tmpfs for the staging area (root only), unmounted on drop.
+struct TinyDisk(std::path::PathBuf);
+
+impl TinyDisk {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TinyDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_staging_disk_is_enospc_on_write() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let Some(_disk) = TinyDisk::mount(&dirs.path().join("staging"), "64k") else {
+        eprintln!(
+            "SKIPPED a_full_staging_disk_is_enospc_on_write: cannot mount a tmpfs (needs root)"
+        );
+        return;
+    };
+    let cfg = config(&dirs);
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(ManualClock::new())).unwrap();
+    let c = fs
+        .create(ROOT_INO, os("big"), 0o100644, 0o022, libc::O_WRONLY)
+        .await
+        .unwrap();
+    let chunk = vec![1u8; 16 * 1024];
+    let mut err = None;
+    for i in 0..16u64 {
+        if let Err(e) = fs.write(c.opened.fh, i * chunk.len() as u64, &chunk).await {
+            err = Some(e);
+            break;
+        }
+    }
+    let err = err.expect("a 64 KiB staging disk fills up");
+    assert_eq!(err.errno(), libc::ENOSPC);
+    // What fitted is still there and can be sent.
+    let _ = fs.release(c.opened.fh).await;
+}

@@ -175,6 +175,17 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
     let stats = m.server().stats();
     assert_eq!(stats.calls("GET ops/ls"), 1, "{stats:?}");
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
+    // `ls` (times from the listing) and the remote's own mtime agree.
+    let line = m.sh("ls -l --time-style=+%s many/file-0007.dat");
+    let ls_secs: u64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    let remote_secs = fs::metadata(m.remote("many/file-0007.dat"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(ls_secs, remote_secs, "{line}");
     let found = m.sh("find many -type f | wc -l");
     assert_eq!(found.trim(), "2000");
     m.sh("du -s many");
@@ -342,4 +353,32 @@ fn permission_denied_on_the_remote_is_eacces() {
     // mkdir is refused at once.
     let err = fs::create_dir(m.p("nodir")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+}
+
+#[test]
+fn a_failed_upload_is_the_error_of_close_and_the_bytes_stay_staged() {
+    let mut m = MountedFs::start();
+    // Every upload fails (after the client's retries), so close() must report it.
+    m.server().set_faults(&["ops/upload:500=1.0"]);
+    let err = write_and_close(&m.p("precious.txt"), b"keep me").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(!m.remote("precious.txt").exists());
+    let manifests: Vec<String> = fs::read_dir(m.staging_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(manifests.len(), 1, "{manifests:?}");
+    assert!(manifests[0].contains("precious.txt") && manifests[0].contains("failed"));
+    // Inside the mount the data is still readable (read-your-writes).
+    assert_eq!(fs::read_to_string(m.p("precious.txt")).unwrap(), "keep me");
+    // Once the server works again, unmount sends it.
+    m.server().set_faults(&[]);
+    let status = m.unmount().expect("daemon exits");
+    assert!(status.success());
+    assert_eq!(
+        fs::read_to_string(m.remote("precious.txt")).unwrap(),
+        "keep me"
+    );
 }

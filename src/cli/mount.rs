@@ -17,12 +17,13 @@ pub struct MountArgs {
     pub source: String,
     /// Where to mount it (an existing directory).
     pub mountpoint: PathBuf,
-    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts).
+    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts). Without it the mount runs
+    /// in the background, logging to ~/.cache/f7tfs/logs/.
     #[arg(short = 'f', long)]
     pub foreground: bool,
     /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, writeback_delay=S, rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
+    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
     /// accepted and ignored).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -177,6 +178,8 @@ impl MountArgs {
                     mount.writeback_delay = parse_secs(need(val)?, key)?
                 }
                 "writeback_delay" => {}
+                "statfs_size" => mount.statfs_total_bytes = parse_size(need(val)?)?,
+                "statfs_free" => mount.statfs_free_bytes = parse_size(need(val)?)?,
                 "rate_limit" if self.rate_limit.is_none() => {
                     self.rate_limit = Some(
                         need(val)?
@@ -312,6 +315,7 @@ impl MountArgs {
             mount.cache.cache_max_size = parse_size(s)?;
         }
         mount.allow_other |= self.allow_other;
+        mount.statfs_free_bytes = mount.statfs_free_bytes.min(mount.statfs_total_bytes);
         mount.validate()?;
         let url = self
             .url
@@ -463,7 +467,7 @@ mod tests {
             "--token-command",
             "echo t",
             "-o",
-            "attr_ttl=0,dir_ttl=1.5,allow_other,cache_max_size=1G",
+            "attr_ttl=0,dir_ttl=1.5,allow_other,cache_max_size=1G,statfs_size=2T,statfs_free=1T",
             "--negative-ttl",
             "3",
         ])
@@ -475,6 +479,10 @@ mod tests {
         assert_eq!(m.cache.negative_ttl, Duration::from_secs(3));
         assert_eq!(m.cache.cache_max_size, 1 << 30);
         assert!(m.allow_other);
+        assert_eq!(
+            (m.statfs_total_bytes, m.statfs_free_bytes),
+            (2 << 40, 1 << 40)
+        );
         assert!(matches!(r.credentials, Credentials::TokenCommand(_)));
     }
 

@@ -90,6 +90,19 @@ pub struct LargeReader {
     pub next: u64,
     /// Current read-ahead window.
     pub window: u64,
+    /// The next window, being fetched in the background: (start, task).
+    pub ahead: Option<(
+        u64,
+        tokio::task::JoinHandle<crate::remote::RemoteResult<Bytes>>,
+    )>,
+}
+
+impl Drop for LargeReader {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.ahead.take() {
+            task.abort();
+        }
+    }
 }
 
 /// One open file handle.

@@ -1,7 +1,7 @@
 //! `rename` with POSIX semantics over an API whose `mv` moves *into* existing directories
 //! and (v2) runs as a transfer job.
 //!
-//! Checks first (no call when they fail): RENAME_EXCHANGE → EINVAL, RENAME_NOREPLACE with an
+//! Checks first (no call when they fail): RENAME_EXCHANGE/WHITEOUT → EINVAL, RENAME_NOREPLACE with an
 //! existing target → EEXIST, dir over non-dir → ENOTDIR, non-dir over dir → EISDIR, over a
 //! non-empty dir → ENOTEMPTY, a dir into itself → EINVAL. Then the cheapest route:
 //! (a) a file with unsent changes or not yet on the remote: renamed locally, uploaded under
@@ -17,8 +17,8 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use super::file::archive_refused;
 use super::handle::OpenFile;
+use super::writeback::archive_refused;
 use super::{Filesystem, InodeNo};
 use crate::cache::rebase;
 use crate::error::{FsError, FsResult};
@@ -37,17 +37,17 @@ impl<R: RemoteFs> Filesystem<R> {
         newname: &OsStr,
         flags: u32,
     ) -> FsResult<()> {
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            return Err(FsError::InvalidArgument(
-                "RENAME_EXCHANGE is not supported".into(),
-            ));
+        if flags & !libc::RENAME_NOREPLACE != 0 {
+            return Err(FsError::InvalidArgument(format!(
+                "rename flags {flags:#x} (RENAME_EXCHANGE, RENAME_WHITEOUT) are not supported"
+            )));
         }
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
+        let src = self.resolve(&from).await?;
         if from == to {
             return Ok(());
         }
-        let src = self.resolve(&from).await?;
         if to.starts_with(&from) {
             return Err(FsError::InvalidArgument(format!("{from} into itself")));
         }
