@@ -1298,3 +1298,33 @@ async fn a_full_staging_disk_is_enospc_on_write() {
     // What fitted is still there and can be sent.
     let _ = fs.release(c.opened.fh).await;
 }
+
+#[tokio::test]
+async fn truncate_by_path_racing_the_last_close_is_uploaded() {
+    // pjdfstest truncate::shrink_not_empty found it: `close(fd); truncate(path, n)` lost the
+    // truncation when the kernel's RELEASE of the closed fd was still running while the
+    // SETATTR arrived: setattr saw the file as open, left the upload to that handle, whose
+    // write-back had already found nothing to send.
+    let h = harness();
+    r(&h).put_file(&path("f"), &[7u8; 12345], t(1_700_000_000));
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    // The setattr's own lookup of the file waits on the remote; the release runs meanwhile.
+    h.clock.advance(Duration::from_secs(60));
+    r(&h).set_delay("stat", Duration::from_millis(200));
+    r(&h).set_delay("list", Duration::from_millis(200));
+    let grow = SetAttr {
+        size: Some(23456),
+        ..Default::default()
+    };
+    let (attr, released) = tokio::join!(h.fs.setattr(ino, grow), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.fs.release(o.fh).await
+    });
+    released.unwrap();
+    assert_eq!(attr.unwrap().attr.size, 23456);
+    let content = r(&h).content(&path("f")).unwrap();
+    assert_eq!(content.len(), 23456, "the truncation reached the remote");
+    assert!(content[..12345].iter().all(|b| *b == 7));
+    assert!(content[12345..].iter().all(|b| *b == 0));
+}
