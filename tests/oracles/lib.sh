@@ -22,6 +22,13 @@ WATCHDOG_PID=""
 
 oracle_log() { printf '%s\n' "$*" >&2; }
 
+# Whether process $1 still runs (an exited, not yet reaped child counts as gone).
+oracle_alive() {
+    local st
+    st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st && $st != Z ]]
+}
+
 # What is blocked where: every process with a cwd or open file under the mount, with its
 # kernel wait channel (a FUSE request that never answers shows as fuse_* / request_wait_answer).
 oracle_hung_report() {
@@ -51,8 +58,8 @@ oracle_cleanup() {
     fi
     if [[ -n $DAEMON_PID ]]; then
         local i
-        for i in $(seq 1 100); do kill -0 "$DAEMON_PID" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$DAEMON_PID" 2>/dev/null; then
+        for i in $(seq 1 200); do oracle_alive "$DAEMON_PID" || break; sleep 0.1; done
+        if oracle_alive "$DAEMON_PID"; then
             oracle_log "f7tfs daemon still running after unmount; killing pid $DAEMON_PID"
             kill -9 "$DAEMON_PID" 2>/dev/null
         fi
@@ -111,7 +118,7 @@ oracle_start() {
     local i
     for i in $(seq 1 200); do
         grep -q '^export AUTH_TOKEN_URL=' "$ORACLE_WORK/serve.out" 2>/dev/null && break
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$ORACLE_WORK/serve.log" >&2; return 1; }
+        oracle_alive "$SERVER_PID" || { cat "$ORACLE_WORK/serve.log" >&2; return 1; }
         sleep 0.05
     done
     # shellcheck disable=SC1091
@@ -125,7 +132,7 @@ oracle_start() {
     DAEMON_PID=$!
     for i in $(seq 1 300); do
         mountpoint -q "$ORACLE_MNT" && break
-        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+        if ! oracle_alive "$DAEMON_PID"; then
             oracle_log "f7tfs mount exited before the mount was live:"
             tail -n 30 "$ORACLE_WORK/daemon.log" >&2
             return 1
