@@ -801,9 +801,29 @@ pub(crate) async fn extract_argv(
     st.quote_quirk(&[&src, &dst])?;
     st.confine(&src, true)?;
     st.confine(&dst, true)?;
-    // Existing links in the target tree could make tar write through them.
-    st.confine_tree(&dst, true).await?;
     let flag = tar_flag(st, req.compression.as_deref())?;
+    // An existing link inside the target could make tar write through it: check where each
+    // member's directory lands. Only the archive's own members matter, so a small archive
+    // into a large tree stays cheap (the real server checks nothing here).
+    let listing = st
+        .run_ok(&[
+            OsStr::new("tar"),
+            OsStr::new(&format!("-t{flag}f")),
+            OsStr::new(&src),
+        ])
+        .await?;
+    for member in String::from_utf8_lossy(&listing.stdout).lines() {
+        let member = member.trim_start_matches("./").trim_end_matches('/');
+        if member.is_empty() {
+            continue;
+        }
+        if member.starts_with('/') || member.split('/').any(|c| c == "..") {
+            return Err(st.outside(&format!("{}/{member}", dst.trim_end_matches('/'))));
+        }
+        if let Some((parent, _)) = member.rsplit_once('/') {
+            st.confine(&format!("{}/{parent}", dst.trim_end_matches('/')), true)?;
+        }
+    }
     Ok(vec![
         "tar".into(),
         format!("-x{flag}f"),
