@@ -15,7 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/lib.sh"
 
 FSX=${FSX:-$(command -v fsx || echo "$HOME/.cargo/bin/fsx")}
-[[ -x $FSX ]] || { echo "fsx not found (cargo install --locked fsx)"; exit 2; }
+[[ -x $FSX ]] || { echo "fsx not found (cargo install --locked fsx)"; exit 77; }
 OPS=${FSX_OPS:-10000}
 SEEDS=${FSX_SEEDS:-1}
 if [[ ${1:-} == --long ]]; then

@@ -15,8 +15,8 @@ source "$HERE/lib.sh"
 
 PJDFSTEST=${PJDFSTEST:-$(command -v pjdfstest || echo "$HOME/.cargo/bin/pjdfstest")}
 XFAIL_FILE=$HERE/pjdfstest-expected-failures.txt
-[[ -x $PJDFSTEST ]] || { echo "pjdfstest not found (cargo install --locked pjdfstest)"; exit 2; }
-[[ $(id -u) == 0 ]] || { echo "pjdfstest needs root (it switches users)"; exit 2; }
+[[ -x $PJDFSTEST ]] || { echo "pjdfstest not found (cargo install --locked pjdfstest)"; exit 77; }
+[[ $(id -u) == 0 ]] || { echo "pjdfstest needs root (it switches users)"; exit 77; }
 
 # Groups are the first component of the test names (chmod::..., link::...); with no
 # argument pjdfstest runs all of them in one go and the output is split per group here.
