@@ -1328,3 +1328,57 @@ async fn truncate_by_path_racing_the_last_close_is_uploaded() {
     assert!(content[..12345].iter().all(|b| *b == 7));
     assert!(content[12345..].iter().all(|b| *b == 0));
 }
+
+async fn nlink(h: &H, ino: u64) -> u32 {
+    h.fs.getattr(ino).await.unwrap().attr.nlink
+}
+
+#[tokio::test]
+async fn link_counts_and_ctime_follow_our_own_changes() {
+    // pjdfstest rename::updates_link_parent, unlink::open_file_not_freed,
+    // chmod::update_ctime.
+    let h = harness();
+    let a =
+        h.fs.mkdir(ROOT_INO, os("a"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let b =
+        h.fs.mkdir(ROOT_INO, os("b"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    assert_eq!(nlink(&h, a).await, 2);
+    h.fs.mkdir(a, os("sub"), 0o755, 0).await.unwrap();
+    assert_eq!(nlink(&h, a).await, 3, "a subdirectory's `..` counts");
+    h.fs.rename(a, os("sub"), b, os("moved"), 0).await.unwrap();
+    assert_eq!((nlink(&h, a).await, nlink(&h, b).await), (2, 3));
+    h.fs.rmdir(b, os("moved")).await.unwrap();
+    assert_eq!(nlink(&h, b).await, 2);
+
+    // An open file that was unlinked has no links left, and still works.
+    let c =
+        h.fs.create(ROOT_INO, os("f"), 0o100644, 0, libc::O_RDWR)
+            .await
+            .unwrap();
+    h.fs.unlink(ROOT_INO, os("f")).await.unwrap();
+    assert_eq!(nlink(&h, c.entry.attr.ino).await, 0);
+    h.fs.write(c.opened.fh, 0, b"hello").await.unwrap();
+    assert_eq!(&h.fs.read(c.opened.fh, 0, 5).await.unwrap()[..], b"hello");
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert!(r(&h).get(&path("f")).is_none());
+
+    // chmod moves ctime on.
+    r(&h).put_file(&path("g"), b"data", t(1_700_000_000));
+    let g = found(&h, ROOT_INO, "g").await.attr.ino;
+    let before = h.fs.getattr(g).await.unwrap().attr.ctime;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let after = h.fs.setattr(g, chmod).await.unwrap().attr;
+    assert!(after.ctime > before, "{:?} > {before:?}", after.ctime);
+    assert_eq!(after.perm, 0o600);
+}

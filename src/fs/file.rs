@@ -239,7 +239,7 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         self.cache.put_attr(&path, stat.clone(), None);
-        self.parent_changed(&path);
+        self.parent_changed(&path, 0);
         let fh = self.handles.next_fh();
         self.handles.insert_file(Arc::new(Handle {
             fh,

@@ -439,8 +439,13 @@ impl<R: RemoteFs> Filesystem<R> {
         if let Some(f) = self.files.lock().get(&ino).cloned() {
             let m = f.meta.lock();
             if m.is_local() || m.unlinked {
+                let mut stat = m.overlay();
+                if m.unlinked {
+                    // Open but unlinked: no name left (pjdfstest unlink::open_file_not_freed).
+                    stat.nlink = Some(0);
+                }
                 return Ok(Attr {
-                    attr: attr::to_file_attr(ino, &m.overlay(), &self.ids),
+                    attr: attr::to_file_attr(ino, &stat, &self.ids),
                     ttl: self.cache.attr_ttl(),
                 });
             }
@@ -474,10 +479,12 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(target)
     }
 
-    /// Our own change of an entry in `path`'s parent: the parent's mtime/ctime move on.
-    pub(crate) fn parent_changed(&self, path: &RemotePath) {
+    /// Our own change of an entry in `path`'s parent: the parent's mtime/ctime move on,
+    /// its link count by `subdirs` (a directory made, removed or moved in or out).
+    pub(crate) fn parent_changed(&self, path: &RemotePath, subdirs: i32) {
         if let Some(dir) = path.parent() {
-            self.cache.touch_dir(&dir, whole_seconds(SystemTime::now()));
+            self.cache
+                .touch_dir(&dir, whole_seconds(SystemTime::now()), subdirs);
         }
     }
 
@@ -500,7 +507,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.put_attr(&path, stat.clone(), None);
         self.cache.put_listing(&path, &[]);
-        self.parent_changed(&path);
+        self.parent_changed(&path, 1);
         Ok(self.entry(&path, &stat))
     }
 
@@ -552,7 +559,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.remove(&path);
         self.inodes.unlink(&path);
-        self.parent_changed(&path);
+        self.parent_changed(&path, 0);
         Ok(())
     }
 
@@ -580,7 +587,7 @@ impl<R: RemoteFs> Filesystem<R> {
         self.remote.remove(&path).await?;
         self.cache.remove(&path);
         self.inodes.unlink(&path);
-        self.parent_changed(&path);
+        self.parent_changed(&path, -1);
         Ok(())
     }
 
@@ -609,7 +616,7 @@ impl<R: RemoteFs> Filesystem<R> {
         );
         self.cache
             .put_attr(&path, stat.clone(), Some(target.to_string()));
-        self.parent_changed(&path);
+        self.parent_changed(&path, 0);
         Ok(self.entry(&path, &stat))
     }
 
