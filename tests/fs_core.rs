@@ -1381,4 +1381,17 @@ async fn link_counts_and_ctime_follow_our_own_changes() {
     let after = h.fs.setattr(g, chmod).await.unwrap().attr;
     assert!(after.ctime > before, "{:?} > {before:?}", after.ctime);
     assert_eq!(after.perm, 0o600);
+
+    // rename moves the moved entry's ctime on (pjdfstest rename::changed_ctime_success).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.fs.rename(ROOT_INO, os("g"), ROOT_INO, os("g2"), 0)
+        .await
+        .unwrap();
+    let moved = found(&h, ROOT_INO, "g2").await.attr;
+    assert!(
+        moved.ctime > after.ctime,
+        "{:?} > {:?}",
+        moved.ctime,
+        after.ctime
+    );
 }

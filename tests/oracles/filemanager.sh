@@ -151,7 +151,8 @@ def calls(k): return stats.get(k, {}).get("calls", 0)
 out = sum(e["bytes_out"] for k, e in stats.items())
 ls, stat, dl = calls("GET ops/ls"), calls("GET ops/stat"), calls("GET ops/download")
 print("pcmanfm on gallery/ (200 images, 20 folders, 3 x 50 MB): settled")
-print("server calls: " + ", ".join("%s=%d" % (k, e["calls"]) for k, e in sorted(stats.items())))
+print("server calls (calls/bytes sent): " + ", ".join(
+    "%s=%d/%d" % (k, e["calls"], e["bytes_out"]) for k, e in sorted(stats.items())))
 print("bytes sent by the server: %d (large files hold %d)" % (out, large))
 print("images read: %d, thumbnails cached: %d; screenshot: %s" % (dl, thumbs, shot))
 bad = []
