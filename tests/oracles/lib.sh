@@ -29,21 +29,40 @@ oracle_alive() {
     [[ -n $st && $st != Z ]]
 }
 
-# What is blocked where: every process with a cwd or open file under the mount, with its
-# kernel wait channel (a FUSE request that never answers shows as fuse_* / request_wait_answer).
+# What is blocked where: processes of this script (descendants of it) with a thread waiting
+# for a FUSE answer (wchan request_wait_answer), and any process with its cwd or an open file
+# under the mount, with the syscall number each is in.
+oracle_is_ours() {
+    local pid=$1 ppid
+    while [[ -n $pid && $pid != 0 && $pid != 1 ]]; do
+        [[ $pid == "$$" ]] && return 0
+        ppid=$(awk '/^PPid:/{print $2}' "/proc/$pid/status" 2>/dev/null) || return 1
+        pid=$ppid
+    done
+    return 1
+}
+
 oracle_hung_report() {
-    local mp=$1 p
+    local mp=$1 p t pid wchan cmd found=0
     for p in /proc/[0-9]*; do
-        local pid=${p#/proc/}
-        [[ $pid == "$$" || $pid == "$DAEMON_PID" ]] && continue
+        pid=${p#/proc/}
+        [[ $pid == "$DAEMON_PID" ]] && continue
+        local uses=0
         if [[ $(readlink "$p/cwd" 2>/dev/null) == "$mp"* ]] \
             || ls -l "$p/fd" 2>/dev/null | grep -qF -- "$mp"; then
-            printf '  pid %s state=%s wchan=%s cmd=%s\n' "$pid" \
-                "$(awk '/^State:/{print $2}' "$p/status" 2>/dev/null)" \
-                "$(cat "$p/wchan" 2>/dev/null)" \
-                "$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-120)"
+            uses=1
         fi
+        for t in "$p"/task/*; do
+            wchan=$(cat "$t/wchan" 2>/dev/null)
+            if ((uses)) || { [[ $wchan == request_wait_answer ]] && oracle_is_ours "$pid"; }; then
+                cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null | cut -c1-120)
+                printf '  pid %s tid %s wchan=%s syscall=%s cmd=%s\n' "$pid" "${t##*/}" \
+                    "$wchan" "$(cut -d' ' -f1 "$t/syscall" 2>/dev/null)" "$cmd"
+                found=1
+            fi
+        done
     done
+    ((found)) || echo "  (no blocked process found)"
 }
 
 oracle_cleanup() {
