@@ -1395,3 +1395,43 @@ async fn link_counts_and_ctime_follow_our_own_changes() {
         after.ctime
     );
 }
+
+#[tokio::test]
+async fn ctime_moves_on_for_files_still_waiting_for_delayed_write_back() {
+    // pjdfstest chmod::update_ctime::regular and rename::changed_ctime_success::regular
+    // with --writeback-delay: the new file is still local when chmod/rename come.
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let ino = write_new(&h, ROOT_INO, "f", b"data").await;
+    assert!(r(&h).get(&path("f")).is_none(), "still waiting");
+    let before = h.fs.getattr(ino).await.unwrap().attr.ctime;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let after = h.fs.setattr(ino, chmod).await.unwrap().attr;
+    assert!(
+        after.ctime > before,
+        "chmod: {:?} > {before:?}",
+        after.ctime
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.fs.rename(ROOT_INO, os("f"), ROOT_INO, os("g"), 0)
+        .await
+        .unwrap();
+    let moved = found(&h, ROOT_INO, "g").await.attr;
+    assert!(
+        moved.ctime > after.ctime,
+        "rename: {:?} > {:?}",
+        moved.ctime,
+        after.ctime
+    );
+    assert_eq!(moved.perm, 0o600);
+}

@@ -488,6 +488,16 @@ impl<R: RemoteFs> Filesystem<R> {
         }
     }
 
+    /// Our own metadata change of `path` (chmod, chown, truncate, rename): its ctime moves
+    /// on, in the cache and on a staged file not yet sent.
+    pub(crate) fn ctime_changed(&self, path: &RemotePath) {
+        let now = whole_seconds(SystemTime::now());
+        self.cache.touch_ctime(path, now);
+        if let Some(f) = self.open_file_by_path(path) {
+            f.meta.lock().base.ctime = Some(now);
+        }
+    }
+
     /// `mkdir`: one call (plus a chmod if the requested mode differs from the remote's).
     pub async fn mkdir(
         &self,

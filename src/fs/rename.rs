@@ -16,11 +16,10 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use super::handle::OpenFile;
 use super::writeback::archive_refused;
-use super::{whole_seconds, Filesystem, InodeNo};
+use super::{Filesystem, InodeNo};
 use crate::cache::rebase;
 use crate::error::{FsError, FsResult};
 use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath, Stat};
@@ -99,8 +98,7 @@ impl<R: RemoteFs> Filesystem<R> {
         };
         self.finish_rename(&from, &to, new_stat);
         // A rename changes the moved entry's ctime, as on the remote.
-        self.cache
-            .touch_ctime(&to, whole_seconds(SystemTime::now()));
+        self.ctime_changed(&to);
         let moved_dir = src.stat.kind == FileKind::Dir;
         let replaced_dir = dst.as_ref().is_some_and(|d| d.kind == FileKind::Dir);
         self.parent_changed(&from, -i32::from(moved_dir));

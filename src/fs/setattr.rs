@@ -73,8 +73,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         if req.mode.is_some() || req.uid.is_some() || req.gid.is_some() || req.size.is_some() {
             // ctime moves on, as the remote's does (pjdfstest chmod::update_ctime).
-            self.cache
-                .touch_ctime(&path, whole_seconds(SystemTime::now()));
+            self.ctime_changed(&path);
         }
         self.getattr(ino).await
     }

@@ -7,6 +7,7 @@
 # Exits non-zero when a test fails that is not on tests/oracles/pjdfstest-expected-failures.txt
 # (one test name per line, `name  # reason`), or when a listed test unexpectedly passes
 # (so the list stays true; set PJDFSTEST_ALLOW_XPASS=1 to only warn).
+# PJDFSTEST_MOUNT_ARGS adds mount options (e.g. "--writeback-delay 2").
 # Needs root (pjdfstest switches users). Env: PJDFSTEST (binary), see lib.sh for the rest.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +40,9 @@ pick_auth() {
     printf '%s, %s' "${out[0]}" "${out[1]}"
 }
 
-oracle_start -o allow_other || exit 1
+# PJDFSTEST_MOUNT_ARGS: extra `f7tfs mount` options, e.g. "--writeback-delay 2".
+# shellcheck disable=SC2086
+oracle_start -o allow_other ${PJDFSTEST_MOUNT_ARGS:-} || exit 1
 CONF=$ORACLE_WORK/pjdfstest.toml
 cat >"$CONF" <<EOF
 [features]
