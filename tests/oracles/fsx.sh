@@ -26,7 +26,9 @@ if [[ ${1:-} == --long ]]; then
     SEEDS=${FSX_SEEDS:-"1 2 3"}
 fi
 
-oracle_start || exit 1
+# FSX_MOUNT_ARGS: extra `f7tfs mount` options, e.g. "--writeback-delay 2".
+# shellcheck disable=SC2086
+oracle_start ${FSX_MOUNT_ARGS:-} || exit 1
 CONF=$ORACLE_WORK/fsx.toml
 # Every operation Linux offers. mmap is on: the mount does not use direct_io, so shared
 # writable mappings go through the page cache and are written back into the staged file
