@@ -22,20 +22,36 @@ use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath};
 
 /// Connects, mounts and serves until unmounted. Errors are one line naming cause and fix.
 pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), String> {
-    check_mountpoint(&mount_cfg.mountpoint)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = runtime()?;
+    let (client, ids, fsname) = connect(&rt, &remote_cfg, &mount_cfg)?;
+    run_with(rt, client, &mount_cfg, ids, fsname)
+}
+
+/// The multi-threaded runtime a mount runs on.
+pub fn runtime() -> Result<Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .thread_name("f7tfs-worker")
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+/// Checks the mount point, connects the client and checks the remote root (a directory);
+/// returns the client, the id mapping and the mount's `fsname`.
+pub fn connect(
+    rt: &Runtime,
+    remote_cfg: &RemoteConfig,
+    mount_cfg: &MountConfig,
+) -> Result<(V2Client, IdMap, String), String> {
+    check_mountpoint(&mount_cfg.mountpoint)?;
     let root = RemotePath::new(&mount_cfg.remote_root).map_err(|e| e.to_string())?;
     let client = rt
-        .block_on(V2Client::connect(&remote_cfg))
-        .map_err(|e| connect_error(&remote_cfg, e))?;
+        .block_on(V2Client::connect(remote_cfg))
+        .map_err(|e| connect_error(remote_cfg, e))?;
     let stat = rt
         .block_on(client.check_path(&root))
-        .map_err(|e| path_error(&remote_cfg, &root, e))?;
+        .map_err(|e| path_error(remote_cfg, &root, e))?;
     if stat.kind != FileKind::Dir {
         return Err(format!(
             "{}:{root} is not a directory; mount a directory",
@@ -64,12 +80,59 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
         tz = ?client.timezone(),
         "connected"
     );
-    let fsname = format!("{}:{}", remote_cfg.system, root);
-    run_with(rt, client, &mount_cfg, ids, fsname)
+    Ok((client, ids, format!("{}:{}", remote_cfg.system, root)))
 }
 
-fn check_mountpoint(mp: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(mp).map_err(|e| {
+/// Sends `state` (e.g. `READY=1`) to the service manager when `$NOTIFY_SOCKET` is set
+/// (systemd `Type=notify`); a path, or an abstract name starting with `@`. Returns whether a
+/// datagram was sent. Failures are logged, never fatal.
+pub fn sd_notify(state: &str) -> bool {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET").filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    let sent = (|| -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::net::{SocketAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let bytes = socket.as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            sock.send_to_addr(state.as_bytes(), &SocketAddr::from_abstract_name(name)?)?;
+        } else {
+            sock.send_to(state.as_bytes(), Path::new(&socket))?;
+        }
+        Ok(())
+    })();
+    match sent {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("cannot notify the service manager ({state:?}): {e}");
+            false
+        }
+    }
+}
+
+/// The mount point exists, is a directory and is not mounted yet (one-line error otherwise).
+pub fn check_mountpoint(mp: &Path) -> Result<(), String> {
+    let mut meta = std::fs::metadata(mp);
+    if meta
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotConnected)
+    {
+        // A FUSE mount whose daemon died (the kernel still holds it): nothing can be served
+        // through it any more, so it is cleared (a crashed mount restarted by systemd).
+        tracing::warn!(mountpoint = %mp.display(), "clearing a stale mount left by a dead daemon");
+        unmount(mp);
+        meta = std::fs::metadata(mp);
+    }
+    let meta = meta.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotConnected {
+            return format!(
+                "{} is a stale mount (its f7tfs is gone); clear it with fusermount3 -uz {}",
+                mp.display(),
+                mp.display()
+            );
+        }
         format!(
             "mount point {} is not usable ({e}); create it with mkdir -p",
             mp.display()
@@ -88,11 +151,14 @@ fn check_mountpoint(mp: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
+pub fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
     match e {
         // The client's own texts already name the fix (which variable to check).
         RemoteError::Unauthorized(m) => format!("authentication failed: {m}"),
         RemoteError::InvalidArgument(m) | RemoteError::Unsupported(m) => m,
+        RemoteError::Unavailable(m) | RemoteError::Timeout(m) if m.contains("FIRECREST_URL") => {
+            format!("cannot reach FirecREST at {}: {m}", cfg.url)
+        }
         RemoteError::Unavailable(m) | RemoteError::Timeout(m) => format!(
             "cannot reach FirecREST at {}: {m} (check FIRECREST_URL and the network)",
             cfg.url
@@ -104,7 +170,7 @@ fn connect_error(cfg: &RemoteConfig, e: RemoteError) -> String {
     }
 }
 
-fn path_error(cfg: &RemoteConfig, root: &RemotePath, e: RemoteError) -> String {
+pub fn path_error(cfg: &RemoteConfig, root: &RemotePath, e: RemoteError) -> String {
     match e {
         RemoteError::NotFound(_) => format!(
             "{}:{root} does not exist (check the path after {}:)",
@@ -156,6 +222,18 @@ pub fn run_with<R: RemoteFs>(
     ids: IdMap,
     fsname: String,
 ) -> Result<(), String> {
+    run_with_hook(rt, client, mount_cfg, ids, fsname, || {})
+}
+
+/// `run_with`, calling `on_live` once the mount is live (after `READY=1` went to systemd).
+pub fn run_with_hook<R: RemoteFs>(
+    rt: Runtime,
+    client: R,
+    mount_cfg: &MountConfig,
+    ids: IdMap,
+    fsname: String,
+    on_live: impl FnOnce(),
+) -> Result<(), String> {
     let fs = Arc::new(
         Filesystem::new(client, mount_cfg, ids, Arc::new(SystemClock))
             .map_err(|e| format!("cannot prepare the staging area or cache: {e}"))?,
@@ -170,6 +248,18 @@ pub fn run_with<R: RemoteFs>(
     }
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone(), mount_cfg.max_in_flight_ops);
     let permits = adapter.permits();
+    // Signals are watched before the mount exists: a SIGTERM right after READY=1 must
+    // unmount cleanly, not kill the process with the default action.
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _enter = rt.enter();
+        let watch = |kind, name| signal(kind).map_err(|e| format!("cannot watch {name}: {e}"));
+        (
+            watch(SignalKind::terminate(), "SIGTERM")?,
+            watch(SignalKind::interrupt(), "SIGINT")?,
+        )
+    };
+    let fsname_status = fsname.clone();
     let mut options = vec![
         MountOption::FSName(fsname),
         MountOption::Subtype("f7tfs".into()),
@@ -199,6 +289,12 @@ pub fn run_with<R: RemoteFs>(
         })
         .map_err(|e| format!("cannot start the FUSE thread: {e}"))?;
     tracing::info!(mountpoint = %mp.display(), "mounted");
+    // `Session::new` returned: the kernel mount exists (requests queue until the loop runs).
+    sd_notify(&format!(
+        "READY=1\nSTATUS=mounted {fsname_status} at {}",
+        mp.display()
+    ));
+    on_live();
     let ticker = {
         let fs = fs.clone();
         rt.spawn(async move {
@@ -212,14 +308,13 @@ pub fn run_with<R: RemoteFs>(
     let max_ops = mount_cfg.max_in_flight_ops.max(1) as u32;
     let wait = mount_cfg.staging.unmount_wait;
     let result: Result<(), String> = rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
         let mut done_rx = done_rx;
         let ended = tokio::select! {
-            _ = tokio::signal::ctrl_c() => None,
+            _ = int.recv() => None,
             _ = term.recv() => None,
             r = &mut done_rx => Some(r),
         };
+        sd_notify("STOPPING=1");
         let session_result = match ended {
             Some(r) => r,
             None => {

@@ -3,28 +3,53 @@
 //! environment names pyfirecrest uses (FIRECREST_URL, FIRECREST_CLIENT_ID,
 //! FIRECREST_CLIENT_SECRET, AUTH_TOKEN_URL, FIRECREST_TOKEN_COMMAND), overridable by flags;
 //! the client secret never comes from the command line (environment or `--client-secret-file`).
+//! What the command line and the environment leave unset comes from a profile of the
+//! configuration file (`profile.rs`): `--profile NAME`, `-o profile=NAME`, or implicitly the
+//! profile named like the SYSTEM of `SYSTEM:/path`.
+//!
+//! Also the mount helper: `mount -t fuse.f7tfs SRC DIR -o OPTS` runs `f7tfs SRC DIR -o OPTS`
+//! (`cli::main` adds the `mount`), so every option mount(8) and mount.fuse3 pass is accepted.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::profile;
 use crate::config::{ApiVersion, Credentials, MountConfig, RemoteConfig};
 
 /// Mount a FirecREST path as a local folder.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
+#[command(after_help = MOUNT_HELP)]
 pub struct MountArgs {
-    /// What to mount: SYSTEM:/absolute/remote/path.
-    pub source: String,
-    /// Where to mount it (an existing directory).
-    pub mountpoint: PathBuf,
-    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts). Without it the mount runs
-    /// in the background, logging to ~/.cache/f7tfs/logs/.
+    /// What to mount: SYSTEM:/absolute/remote/path (default: the profile's `remote`).
+    pub source: Option<String>,
+    /// Where to mount it, an existing directory (default: the profile's `mountpoint`).
+    pub mountpoint: Option<PathBuf>,
+    /// Stay in the foreground (logs to stderr; Ctrl-C unmounts). Without it f7tfs returns once
+    /// the mount is live and keeps serving in the background, logging to --log-file or
+    /// ~/.cache/f7tfs/logs/.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Mount options, comma separated: attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
+    /// Profile of the configuration file to use (also -o profile=NAME). Default: the profile
+    /// named like SYSTEM, if there is one.
+    #[arg(long, env = "F7TFS_PROFILE")]
+    pub profile: Option<String>,
+    /// Configuration file (also -o config=FILE) [default: ~/.config/f7tfs/config.toml, then
+    /// /etc/f7tfs/config.toml].
+    #[arg(long, env = "F7TFS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Write the log to this file (appending) instead of stderr (also -o log_file=FILE).
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Set once the profile was folded in (it is applied once).
+    #[arg(skip)]
+    pub(crate) profile_resolved: bool,
+    /// Mount options, comma separated: profile=NAME, config=FILE, log_file=FILE, attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N, max_requests=N, max_in_flight=N (mount(8) options like dev, suid, exec, default_permissions are
-    /// accepted and ignored).
+    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N,
+    /// max_requests=N, max_in_flight=N. Options of mount(8) and fstab (dev, suid, exec,
+    /// _netdev, noauto, user, nofail, default_permissions, x-systemd.*, ...) are accepted and
+    /// ignored.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Attribute cache TTL in seconds (0 = always revalidate).
@@ -84,6 +109,28 @@ pub struct MountArgs {
     #[arg(long)]
     pub token_file: Option<PathBuf>,
 }
+
+const MOUNT_HELP: &str = "\
+ENVIRONMENT (as pyfirecrest; flags win, a profile fills the rest):
+  FIRECREST_URL, FIRECREST_CLIENT_ID, FIRECREST_CLIENT_SECRET, AUTH_TOKEN_URL,
+  FIRECREST_TOKEN_COMMAND, F7TFS_PROFILE, F7TFS_CONFIG, F7TFS_LOG (log filter, e.g. debug)
+
+CONFIGURATION FILE (~/.config/f7tfs/config.toml):
+  [profile.daint]
+  url = \"https://api.cscs.ch/hpc/firecrest/v2\"
+  token_url = \"https://auth.cscs.ch/auth/realms/firecrest-clients/protocol/openid-connect/token\"
+  client_id = \"...\"
+  client_secret_file = \"~/.config/f7tfs/daint.secret\"
+  remote = \"daint:/capstor/scratch/cscs/alice\"
+  mountpoint = \"~/scratch\"
+  attr_ttl = 5                      # any -o option as a key
+
+MOUNT HELPER (f7tfs on PATH, e.g. /usr/local/bin/f7tfs):
+  mount -t fuse.f7tfs daint:/capstor/scratch/cscs/alice /mnt/scratch -o profile=daint,allow_other
+  /etc/fstab:
+  daint:/capstor/scratch/cscs/alice /mnt/scratch fuse.f7tfs profile=daint,allow_other,_netdev,noauto,user 0 0
+
+Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); pending uploads finish first.";
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
     if !v.is_finite() || v < 0.0 {
@@ -200,6 +247,12 @@ impl MountArgs {
                         .parse()
                         .map_err(|_| "max_in_flight must be a number".to_string())?
                 }
+                "log_file" => {
+                    let file = PathBuf::from(need(val)?);
+                    self.log_file.get_or_insert(file);
+                }
+                // Consumed by `resolve_profile` already.
+                "profile" | "config" => {}
                 "allow_other" => mount.allow_other = true,
                 "ro" => mount.read_only = true,
                 "rw" => mount.read_only = false,
@@ -220,7 +273,24 @@ impl MountArgs {
                 | "default_permissions"
                 | "atime"
                 | "noatime"
-                | "relatime" => {}
+                | "relatime"
+                | "nouser"
+                | "owner"
+                | "group"
+                | "sync"
+                | "async"
+                | "dirsync"
+                | "lazytime"
+                | "fsname"
+                | "subtype"
+                | "comment"
+                | "defaults"
+                | "diratime"
+                | "nodiratime"
+                | "strictatime"
+                | "silent"
+                | "loud" => {}
+                other if other.starts_with("x-") => {}
                 other => {
                     return Err(format!(
                         "unknown mount option -o {other} (see f7tfs mount --help)"
@@ -277,22 +347,159 @@ impl MountArgs {
         })
     }
 
-    /// The connection and mount configuration these arguments describe.
-    pub fn into_configs(mut self) -> Result<(RemoteConfig, MountConfig), String> {
-        let source = self.source.clone();
+    /// Takes `profile=` and `config=` out of `-o`, then fills what the command line and the
+    /// environment left unset from the profile (CLI > environment > profile).
+    fn resolve_profile(&mut self) -> Result<(), String> {
+        if std::mem::replace(&mut self.profile_resolved, true) {
+            return Ok(());
+        }
+        let mut rest = Vec::new();
+        for opt in std::mem::take(&mut self.options) {
+            match opt.trim().split_once('=') {
+                Some(("profile", v)) => {
+                    self.profile.get_or_insert(v.to_string());
+                }
+                Some(("config", v)) => {
+                    self.config.get_or_insert(PathBuf::from(v));
+                }
+                _ => rest.push(opt),
+            }
+        }
+        self.options = rest;
+        let explicit = self.profile.clone().filter(|p| !p.is_empty());
+        let file = profile::config_path(self.config.as_deref());
+        let (file, name) = match (file, explicit) {
+            (Some(file), Some(name)) => {
+                if !file.exists() {
+                    return Err(format!(
+                        "profile {name:?}: the config file {} does not exist",
+                        file.display()
+                    ));
+                }
+                (file, name)
+            }
+            (None, Some(name)) => {
+                return Err(format!(
+                    "profile {name:?}: no config file (create ~/.config/f7tfs/config.toml with a                      [profile.{name}] table, or pass --config FILE)"
+                ))
+            }
+            (Some(file), None) => {
+                // Implicitly the profile named like the source's SYSTEM, if it exists.
+                let system = self
+                    .source
+                    .as_deref()
+                    .and_then(|s| s.split_once(':'))
+                    .map(|(sys, _)| sys.to_string());
+                match system {
+                    Some(sys) if profile::names(&file).contains(&sys) => (file, sys),
+                    _ => return Ok(()),
+                }
+            }
+            (None, None) => return Ok(()),
+        };
+        let p = profile::load(&file, &name)?.ok_or_else(|| {
+            let known = profile::names(&file);
+            format!(
+                "no profile {name:?} in {} (profiles there: {})",
+                file.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })?;
+        tracing::debug!(profile = %name, file = %file.display(), "using profile");
+        self.apply_profile(p);
+        Ok(())
+    }
+
+    fn apply_profile(&mut self, p: profile::Profile) {
+        fn fill<T>(slot: &mut Option<T>, value: Option<T>) {
+            if slot.is_none() {
+                *slot = value;
+            }
+        }
+        let cli_credentials =
+            self.client_id.is_some() || self.token_command.is_some() || self.token_file.is_some();
+        fill(&mut self.url, p.url);
+        fill(&mut self.token_url, p.token_url);
+        if !cli_credentials {
+            fill(&mut self.client_id, p.client_id);
+            fill(&mut self.token_command, p.token_command);
+            fill(&mut self.token_file, p.token_file);
+        }
+        // The environment's secret beats the profile's secret file.
+        if std::env::var_os("FIRECREST_CLIENT_SECRET").is_none() {
+            fill(&mut self.client_secret_file, p.client_secret_file);
+        }
+        fill(&mut self.api_version, p.api_version);
+        fill(&mut self.log_file, p.log_file);
+        fill(&mut self.mountpoint, p.mountpoint);
+        let system = p.system.or_else(|| {
+            p.remote
+                .as_deref()
+                .and_then(|r| r.split_once(':'))
+                .map(|(s, _)| s.to_string())
+        });
+        match (&self.source, p.remote) {
+            (None, remote) => self.source = remote,
+            // `f7tfs mount --profile daint /path DIR`: the profile names the system.
+            (Some(src), _) if !src.contains(':') => {
+                if let Some(sys) = system {
+                    self.source = Some(format!("{sys}:{src}"));
+                }
+            }
+            _ => {}
+        }
+        // Profile options first: a later `-o` of the command line wins.
+        let mut options = p.options;
+        options.append(&mut self.options);
+        self.options = options;
+    }
+
+    /// Profile, source and `-o` options: (system, remote root, mount config without a
+    /// mount point).
+    fn prepare(&mut self) -> Result<(String, MountConfig), String> {
+        self.resolve_profile()?;
+        let source = self.source.clone().ok_or(
+            "nothing to mount: give SYSTEM:/remote/path (or `remote = ...` in a profile, see              --profile)",
+        )?;
         let (system, root) = source.split_once(':').ok_or_else(|| {
             format!("{source:?} is not SYSTEM:/remote/path (e.g. daint:/scratch/me)")
         })?;
         if system.is_empty() {
-            return Err(format!(
-                "no system name in {:?} (write SYSTEM:/path)",
-                self.source
-            ));
+            return Err(format!("no system name in {source:?} (write SYSTEM:/path)"));
         }
         let root = if root.is_empty() { "/" } else { root };
-        let mut mount = MountConfig::new(root, self.mountpoint.clone());
+        let mut mount = MountConfig::new(root, self.mountpoint.clone().unwrap_or_default());
         mount.foreground = self.foreground;
         self.apply_options(&mut mount)?;
+        Ok((system.to_string(), mount))
+    }
+
+    /// The connection settings and the remote path alone (for `f7tfs check`).
+    pub fn into_remote(mut self) -> Result<(RemoteConfig, String), String> {
+        let (system, mount) = self.prepare()?;
+        if !mount.remote_root.starts_with('/') {
+            return Err(format!(
+                "remote path must be absolute, got {:?} (write SYSTEM:/path)",
+                mount.remote_root
+            ));
+        }
+        Ok((self.remote_config(&system)?, mount.remote_root))
+    }
+
+    /// The connection and mount configuration these arguments describe.
+    pub fn into_configs(mut self) -> Result<(RemoteConfig, MountConfig), String> {
+        self.configs()
+    }
+
+    fn configs(&mut self) -> Result<(RemoteConfig, MountConfig), String> {
+        let (system, mut mount) = self.prepare()?;
+        mount.mountpoint = self.mountpoint.clone().ok_or(
+            "no mount point: give MOUNTPOINT (or `mountpoint = ...` in a profile, see --profile)",
+        )?;
         if let Some(v) = self.attr_ttl {
             mount.cache.attr_ttl = secs(v, "--attr-ttl")?;
         }
@@ -317,11 +524,16 @@ impl MountArgs {
         mount.allow_other |= self.allow_other;
         mount.statfs_free_bytes = mount.statfs_free_bytes.min(mount.statfs_total_bytes);
         mount.validate()?;
+        let remote = self.remote_config(&system)?;
+        Ok((remote, mount))
+    }
+
+    fn remote_config(&self, system: &str) -> Result<RemoteConfig, String> {
         let url = self
             .url
             .clone()
             .filter(|u| !u.is_empty())
-            .ok_or("no FirecREST URL: set FIRECREST_URL (or --url)")?;
+            .ok_or("no FirecREST URL: set FIRECREST_URL (or --url, or url in a profile)")?;
         let mut remote = RemoteConfig::new(url, system, self.credentials()?);
         remote.api_version = match self.api_version.as_deref() {
             None | Some("") | Some("auto") => None,
@@ -339,40 +551,55 @@ impl MountArgs {
             }
             remote.max_concurrent_requests = n;
         }
-        Ok((remote, mount))
+        Ok(remote)
     }
 }
 
 /// Runs `f7tfs mount`.
-pub fn run(args: MountArgs) -> Result<(), String> {
-    crate::logging::init();
+pub fn run(mut args: MountArgs) -> Result<(), String> {
+    // The profile may name the log file, so it is read before logging starts.
+    let resolved = args.resolve_profile();
     let foreground = args.foreground;
-    let (remote, mount) = args.into_configs()?;
+    crate::logging::init_to(args.log_file.as_deref().filter(|_| foreground));
+    resolved?;
+    let (remote, mount) = args.configs()?;
     if !foreground {
-        return background(&mount);
+        // Checked here too: the parent reports success when the mount point is mounted.
+        crate::mount::check_mountpoint(&mount.mountpoint)?;
+        return background(&mount, args.log_file.as_deref());
     }
     crate::mount::run(remote, mount)
 }
 
-/// Without `-f`: runs this same command with `-f` in a new session, logging to
+/// Without `-f`: runs this same command with `-f` in a new session, logging to `log_file` or
 /// `~/.cache/f7tfs/logs/`, and returns once the mount is live (or with the child's error).
-fn background(mount: &MountConfig) -> Result<(), String> {
+fn background(mount: &MountConfig, log_file: Option<&Path>) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the f7tfs binary: {e}"))?;
     let mut argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     argv.push("-f".into());
-    let logs = crate::config::default_cache_root().join("logs");
-    std::fs::create_dir_all(&logs)
-        .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
-    let tag: String = mount
-        .mountpoint
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let log_path = logs.join(format!("mount{tag}.log"));
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create the log file {}: {e}", log_path.display()))?;
+    let log_path = match log_file {
+        Some(file) => file.to_path_buf(),
+        None => {
+            let logs = crate::config::default_cache_root().join("logs");
+            std::fs::create_dir_all(&logs)
+                .map_err(|e| format!("cannot create the log directory {}: {e}", logs.display()))?;
+            let tag: String = mount
+                .mountpoint
+                .to_string_lossy()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            logs.join(format!("mount{tag}.log"))
+        }
+    };
+    // Append (the daemon appends too), but read only what this start writes.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open the log file {}: {e}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let log2 = log
         .try_clone()
         .map_err(|e| format!("cannot use the log file: {e}"))?;
@@ -404,7 +631,8 @@ fn background(mount: &MountConfig) -> Result<(), String> {
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let all = std::fs::read(&log_path).unwrap_or_default();
+            let text = String::from_utf8_lossy(all.get(log_start as usize..).unwrap_or_default());
             let line = text
                 .lines()
                 .rev()
@@ -504,5 +732,60 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = parse(&["c:rel", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn profile_fills_what_cli_and_environment_leave_unset() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(
+            &file,
+            "[profile.daint]\nurl = \"http://profile\"\ntoken_command = \"echo t\"\n\
+             remote = \"daint:/scratch/alice\"\nmountpoint = \"/mnt/p\"\nattr_ttl = 7\n\
+             dir_ttl = 9\n\n[profile.eiger]\nsystem = \"eiger\"\nurl = \"http://e\"\n\
+             token_command = \"echo t\"\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        // Everything from the profile.
+        let (r, m) = parse(&["--config", f, "--profile", "daint"]).unwrap();
+        assert_eq!(
+            (r.url.as_str(), r.system.as_str()),
+            ("http://profile", "daint")
+        );
+        assert_eq!(m.remote_root, "/scratch/alice");
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/p"));
+        assert_eq!(m.cache.attr_ttl, Duration::from_secs(7));
+        // The command line wins: flag, -o and positional arguments; `-o profile=`.
+        let (r, m) = parse(&[
+            "daint:/other",
+            "/mnt/q",
+            "--url",
+            "http://cli",
+            "-o",
+            &format!("config={f},profile=daint,dir_ttl=1"),
+            "--attr-ttl",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(r.url, "http://cli");
+        assert_eq!(m.remote_root, "/other");
+        assert_eq!(m.mountpoint, PathBuf::from("/mnt/q"));
+        assert_eq!(m.cache.attr_ttl, Duration::from_secs(2));
+        assert_eq!(m.cache.dir_ttl, Duration::from_secs(1));
+        // Implicitly the profile named like the system.
+        let (r, _) = parse(&["--config", f, "daint:/x", "/mnt/x"]).unwrap();
+        assert_eq!(r.url, "http://profile");
+        // A profile's system completes a bare path.
+        let (r, m) = parse(&["--config", f, "--profile", "eiger", "/store", "/mnt/e"]).unwrap();
+        assert_eq!(
+            (r.system.as_str(), m.remote_root.as_str()),
+            ("eiger", "/store")
+        );
+        // Unknown profile: the known ones are listed.
+        let e = parse(&["--config", f, "--profile", "nope", "a:/b", "/m"]).unwrap_err();
+        assert!(e.contains("daint, eiger"), "{e}");
+        let e = parse(&["--config", "/nonexistent/c.toml", "--profile", "x"]).unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
     }
 }

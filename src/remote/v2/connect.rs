@@ -52,6 +52,11 @@ impl V2Client {
             Err(e) => return Err(e),
         };
         let is_v2 = detect::version_from_headers(&systems_reply.headers).is_some();
+        let app_version = systems_reply
+            .headers
+            .get(detect::V2_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         if !is_v2
             && config.api_version.is_none()
             && detect::looks_like_v1_parameters(&systems_reply.body)
@@ -149,6 +154,7 @@ impl V2Client {
                 account,
                 parallelism: config.transfer_parallelism.max(1),
                 op_deadline: config.op_deadline,
+                app_version,
             }),
         };
         if !tz_configured {

@@ -60,6 +60,8 @@ struct Inner {
     account: Option<String>,
     parallelism: usize,
     op_deadline: Duration,
+    /// The server's `F7T-AppVersion` header, if it sent one.
+    app_version: Option<String>,
 }
 
 /// Characters the v2 server cannot carry in a path: `'` breaks its shell quoting, control
@@ -108,6 +110,11 @@ impl V2Client {
     /// The system name as the server spells it.
     pub fn system(&self) -> &str {
         &self.inner.system
+    }
+
+    /// The server's FirecREST version (`F7T-AppVersion`), if it reports one.
+    pub fn app_version(&self) -> Option<&str> {
+        self.inner.app_version.as_deref()
     }
 
     /// The identity the token maps to (from `userinfo` at connect time).
