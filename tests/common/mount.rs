@@ -126,6 +126,11 @@ impl MountedFs {
         if !args.iter().any(|a| a.starts_with("--rate-limit")) {
             args.extend(["--rate-limit", "0"]);
         }
+        // Tests check the remote right after close(): strict close-to-open unless a test
+        // asks for delayed write-back (the product default) itself.
+        if !args.iter().any(|a| a.starts_with("--writeback-delay")) {
+            args.extend(["--writeback-delay", "0"]);
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_f7tfs"))
             .arg("mount")
             .arg("-f")
