@@ -5,6 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Default of `MountConfig::writeback_delay` (see there for why it is not 0).
+pub const DEFAULT_WRITEBACK_DELAY: Duration = Duration::from_secs(2);
+
 /// Which FirecREST API the server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApiVersion {
@@ -161,7 +164,8 @@ pub struct MountConfig {
     pub max_in_flight_ops: usize,
     /// Delayed write-back: a small new file is uploaded this long after its close, so the
     /// utimens/chmod/rename that rsync, tar and `cp -p` send next join one archive upload.
-    /// 0 (default) uploads at close: close() returns only once the remote has the data.
+    /// Default 2 s: `f7tfs-bench` measured `rsync -a` of 1,000 files at 75 calls with it against
+    /// 11,261 without. 0 uploads at close: close() returns only once the remote has the data.
     pub writeback_delay: Duration,
     /// Synthetic `statfs` numbers: total and free bytes, total and free inodes.
     pub statfs_total_bytes: u64,
@@ -182,7 +186,7 @@ impl MountConfig {
             allow_other: false,
             read_only: false,
             max_in_flight_ops: 64,
-            writeback_delay: Duration::ZERO,
+            writeback_delay: DEFAULT_WRITEBACK_DELAY,
             statfs_total_bytes: 1 << 50,
             statfs_free_bytes: 1 << 49,
             statfs_total_inodes: 1 << 32,

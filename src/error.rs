@@ -35,6 +35,9 @@ pub enum FsError {
     /// A name FirecREST cannot carry safely (API.md section 3); never sent.
     #[error("name not supported: {0}")]
     InvalidName(String),
+    /// A name component longer than NAME_MAX (255 bytes), as a local file system says it.
+    #[error("file name too long: {0}")]
+    NameTooLong(String),
     /// Flags or arguments we do not support (RENAME_EXCHANGE, bad offsets).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -68,6 +71,7 @@ impl FsError {
             FsError::IsADirectory(_) => libc::EISDIR,
             FsError::NotEmpty(_) => libc::ENOTEMPTY,
             FsError::InvalidName(_) => libc::EINVAL,
+            FsError::NameTooLong(_) => libc::ENAMETOOLONG,
             FsError::InvalidArgument(_) => libc::EINVAL,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::XattrUnsupported => libc::ENOTSUP,
@@ -89,6 +93,7 @@ impl FsError {
                 | FsError::XattrUnsupported
                 | FsError::NotADirectory(_)
                 | FsError::IsADirectory(_)
+                | FsError::NameTooLong(_)
         )
     }
 }
@@ -152,6 +157,7 @@ mod tests {
         assert_eq!(FsError::IsADirectory(s()).errno(), libc::EISDIR);
         assert_eq!(FsError::NotEmpty(s()).errno(), libc::ENOTEMPTY);
         assert_eq!(FsError::InvalidName(s()).errno(), libc::EINVAL);
+        assert_eq!(FsError::NameTooLong(s()).errno(), libc::ENAMETOOLONG);
         assert_eq!(FsError::InvalidArgument(s()).errno(), libc::EINVAL);
         assert_eq!(FsError::NotPermitted(s()).errno(), libc::EPERM);
         assert_eq!(FsError::XattrUnsupported.errno(), libc::ENOTSUP);

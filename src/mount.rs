@@ -25,13 +25,13 @@ pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), Strin
     let rt = runtime()?;
     let (client, ids, fsname) = connect(&rt, &remote_cfg, &mount_cfg)?;
     let calls = call_counter(&client);
-    run_with_status(rt, client, &mount_cfg, ids, fsname, || {}, calls)
+    serve_mount(rt, client, &mount_cfg, ids, fsname, || {}, calls)
 }
 
 /// (requests sent, retries) of the remote client, for `f7tfs status`.
 pub type CallCounter = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
 
-/// The request counters of a v2 client, for `run_with_status`.
+/// The request counters of a v2 client, for `serve_mount`.
 pub fn call_counter(client: &V2Client) -> CallCounter {
     let client = client.clone();
     Arc::new(move || {
@@ -235,39 +235,10 @@ pub fn unmount(mp: &Path) -> bool {
     false
 }
 
-/// Mounts `client` at `mount_cfg.mountpoint` and serves until unmounted.
-pub fn run_with<R: RemoteFs>(
-    rt: Runtime,
-    client: R,
-    mount_cfg: &MountConfig,
-    ids: IdMap,
-    fsname: String,
-) -> Result<(), String> {
-    run_with_hook(rt, client, mount_cfg, ids, fsname, || {})
-}
-
-/// `run_with`, calling `on_live` once the mount is live (after `READY=1` went to systemd).
-pub fn run_with_hook<R: RemoteFs>(
-    rt: Runtime,
-    client: R,
-    mount_cfg: &MountConfig,
-    ids: IdMap,
-    fsname: String,
-    on_live: impl FnOnce(),
-) -> Result<(), String> {
-    run_with_status(
-        rt,
-        client,
-        mount_cfg,
-        ids,
-        fsname,
-        on_live,
-        Arc::new(|| (0, 0)),
-    )
-}
-
-/// `run_with_hook`, publishing `calls` (and the core's state) for `f7tfs status`.
-pub fn run_with_status<R: RemoteFs>(
+/// Mounts `client` at `mount_cfg.mountpoint` and serves until unmounted, calling `on_live` once
+/// the mount is live (after `READY=1` went to systemd) and publishing `calls` (and the core's
+/// state) for `f7tfs status`.
+pub fn serve_mount<R: RemoteFs>(
     rt: Runtime,
     client: R,
     mount_cfg: &MountConfig,

@@ -186,10 +186,16 @@ fn demo_comes_up_serves_files_and_ctrl_c_unmounts() {
         assert!(names.iter().any(|n| n == want), "{names:?}");
     }
     // An edit lands in the served folder.
+    // A new small file goes out with the default delayed write-back (2 s).
     std::fs::write(mp.join("notes/hello.txt"), "hello from the test\n").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(samples.join("notes/hello.txt")).unwrap(),
-        "hello from the test\n"
+    let landed = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::fs::read_to_string(samples.join("notes/hello.txt")).ok()
+            == Some("hello from the test\n".to_string())
+    });
+    assert!(
+        landed,
+        "the edit did not reach the served folder within 10 s"
     );
 
     let pid = guard.child.as_ref().unwrap().id() as i32;
@@ -435,10 +441,10 @@ fn mount_t_fuse_f7tfs_and_an_fstab_line_go_through_mount_fuse3() {
         "through mount(8)\n"
     );
     std::fs::write(mp.join("new.txt"), "written\n").unwrap();
-    assert_eq!(
-        std::fs::read_to_string(server.root().join("new.txt")).unwrap(),
-        "written\n"
-    );
+    // A small new file goes out after the default write-back delay (2 s).
+    wait_until("new.txt to reach the server", 10, || {
+        std::fs::read_to_string(server.root().join("new.txt")).ok() == Some("written\n".into())
+    });
     let log = std::fs::read_to_string(work.path().join("mount.log")).unwrap();
     assert!(
         log.contains("mounted"),

@@ -595,7 +595,18 @@ async fn names_the_api_cannot_carry_are_refused() {
             libc::EINVAL
         );
     }
+    // A component longer than NAME_MAX is ENAMETOOLONG, as on a local disk (pjdfstest
+    // *::enametoolong_component), for lookups and creations alike, without a call.
+    let long = "n".repeat(256);
+    let err = h.fs.lookup(ROOT_INO, os(&long)).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
+    let err =
+        h.fs.create(ROOT_INO, os(&long), 0o100644, 0, libc::O_WRONLY)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::ENAMETOOLONG);
     assert_eq!(r(&h).total_calls(), 0);
+    write_new(&h, ROOT_INO, &"n".repeat(255), b"x").await;
     // Unicode, spaces and leading dots are fine.
     write_new(&h, ROOT_INO, "Grüße aus Zürich.txt", b"x").await;
     write_new(&h, ROOT_INO, ".hidden", b"y").await;
@@ -1261,6 +1272,56 @@ async fn a_forgotten_inode_with_unsent_data_keeps_its_state() {
     assert_eq!(r(&h).content(&path("waiting")).unwrap(), b"12345");
 }
 
+#[tokio::test]
+async fn our_entry_changes_move_the_parents_mtime_and_ctime() {
+    // pjdfstest *::changed_time_fields_success, *::update_mtime_ctime_success_folder: after
+    // mkdir/create/unlink/rename inside a directory, stat of that directory shows new times
+    // at once (the kernel asks again right after such an op), not the cached ones.
+    let h = harness();
+    let a =
+        h.fs.mkdir(ROOT_INO, os("a"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let b =
+        h.fs.mkdir(ROOT_INO, os("b"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let times = |x: fuser::FileAttr| (x.mtime, x.ctime);
+    let step = || tokio::time::sleep(Duration::from_millis(1100));
+
+    let before = times(h.fs.getattr(a).await.unwrap().attr);
+    step().await;
+    h.fs.mkdir(a, os("sub"), 0o755, 0).await.unwrap();
+    let after_mkdir = times(h.fs.getattr(a).await.unwrap().attr);
+    assert!(after_mkdir.0 > before.0 && after_mkdir.1 > before.1);
+
+    step().await;
+    write_new(&h, a, "f", b"x").await;
+    let after_create = times(h.fs.getattr(a).await.unwrap().attr);
+    assert!(after_create.0 > after_mkdir.0 && after_create.1 > after_mkdir.1);
+
+    let b_before = times(h.fs.getattr(b).await.unwrap().attr);
+    step().await;
+    h.fs.rename(a, os("f"), b, os("g"), 0).await.unwrap();
+    let a_after = times(h.fs.getattr(a).await.unwrap().attr);
+    let b_after = times(h.fs.getattr(b).await.unwrap().attr);
+    assert!(
+        a_after.0 > after_create.0,
+        "source directory's mtime moves on"
+    );
+    assert!(b_after.0 > b_before.0, "target directory's mtime moves on");
+
+    step().await;
+    h.fs.unlink(b, os("g")).await.unwrap();
+    h.fs.rmdir(a, os("sub")).await.unwrap();
+    assert!(h.fs.getattr(b).await.unwrap().attr.mtime > b_after.0);
+    assert!(h.fs.getattr(a).await.unwrap().attr.mtime > a_after.0);
+}
+
 /// A tiny tmpfs for the staging area (root only), unmounted on drop.
 struct TinyDisk(std::path::PathBuf);
 
@@ -1314,4 +1375,141 @@ async fn a_full_staging_disk_is_enospc_on_write() {
     assert_eq!(err.errno(), libc::ENOSPC);
     // What fitted is still there and can be sent.
     let _ = fs.release(c.opened.fh).await;
+}
+
+#[tokio::test]
+async fn truncate_by_path_racing_the_last_close_is_uploaded() {
+    // pjdfstest truncate::shrink_not_empty found it: `close(fd); truncate(path, n)` lost the
+    // truncation when the kernel's RELEASE of the closed fd was still running while the
+    // SETATTR arrived: setattr saw the file as open, left the upload to that handle, whose
+    // write-back had already found nothing to send.
+    let h = harness();
+    r(&h).put_file(&path("f"), &[7u8; 12345], t(1_700_000_000));
+    let ino = found(&h, ROOT_INO, "f").await.attr.ino;
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    // The setattr's own lookup of the file waits on the remote; the release runs meanwhile.
+    h.clock.advance(Duration::from_secs(60));
+    r(&h).set_delay("stat", Duration::from_millis(200));
+    r(&h).set_delay("list", Duration::from_millis(200));
+    let grow = SetAttr {
+        size: Some(23456),
+        ..Default::default()
+    };
+    let (attr, released) = tokio::join!(h.fs.setattr(ino, grow), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.fs.release(o.fh).await
+    });
+    released.unwrap();
+    assert_eq!(attr.unwrap().attr.size, 23456);
+    let content = r(&h).content(&path("f")).unwrap();
+    assert_eq!(content.len(), 23456, "the truncation reached the remote");
+    assert!(content[..12345].iter().all(|b| *b == 7));
+    assert!(content[12345..].iter().all(|b| *b == 0));
+}
+
+async fn nlink(h: &H, ino: u64) -> u32 {
+    h.fs.getattr(ino).await.unwrap().attr.nlink
+}
+
+#[tokio::test]
+async fn link_counts_and_ctime_follow_our_own_changes() {
+    // pjdfstest rename::updates_link_parent, unlink::open_file_not_freed,
+    // chmod::update_ctime.
+    let h = harness();
+    let a =
+        h.fs.mkdir(ROOT_INO, os("a"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    let b =
+        h.fs.mkdir(ROOT_INO, os("b"), 0o755, 0)
+            .await
+            .unwrap()
+            .attr
+            .ino;
+    assert_eq!(nlink(&h, a).await, 2);
+    h.fs.mkdir(a, os("sub"), 0o755, 0).await.unwrap();
+    assert_eq!(nlink(&h, a).await, 3, "a subdirectory's `..` counts");
+    h.fs.rename(a, os("sub"), b, os("moved"), 0).await.unwrap();
+    assert_eq!((nlink(&h, a).await, nlink(&h, b).await), (2, 3));
+    h.fs.rmdir(b, os("moved")).await.unwrap();
+    assert_eq!(nlink(&h, b).await, 2);
+
+    // An open file that was unlinked has no links left, and still works.
+    let c =
+        h.fs.create(ROOT_INO, os("f"), 0o100644, 0, libc::O_RDWR)
+            .await
+            .unwrap();
+    h.fs.unlink(ROOT_INO, os("f")).await.unwrap();
+    assert_eq!(nlink(&h, c.entry.attr.ino).await, 0);
+    h.fs.write(c.opened.fh, 0, b"hello").await.unwrap();
+    assert_eq!(&h.fs.read(c.opened.fh, 0, 5).await.unwrap()[..], b"hello");
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert!(r(&h).get(&path("f")).is_none());
+
+    // chmod moves ctime on.
+    r(&h).put_file(&path("g"), b"data", t(1_700_000_000));
+    let g = found(&h, ROOT_INO, "g").await.attr.ino;
+    let before = h.fs.getattr(g).await.unwrap().attr.ctime;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let after = h.fs.setattr(g, chmod).await.unwrap().attr;
+    assert!(after.ctime > before, "{:?} > {before:?}", after.ctime);
+    assert_eq!(after.perm, 0o600);
+
+    // rename moves the moved entry's ctime on (pjdfstest rename::changed_ctime_success).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.fs.rename(ROOT_INO, os("g"), ROOT_INO, os("g2"), 0)
+        .await
+        .unwrap();
+    let moved = found(&h, ROOT_INO, "g2").await.attr;
+    assert!(
+        moved.ctime > after.ctime,
+        "{:?} > {:?}",
+        moved.ctime,
+        after.ctime
+    );
+}
+
+#[tokio::test]
+async fn ctime_moves_on_for_files_still_waiting_for_delayed_write_back() {
+    // pjdfstest chmod::update_ctime::regular and rename::changed_ctime_success::regular
+    // with --writeback-delay: the new file is still local when chmod/rename come.
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let ino = write_new(&h, ROOT_INO, "f", b"data").await;
+    assert!(r(&h).get(&path("f")).is_none(), "still waiting");
+    let before = h.fs.getattr(ino).await.unwrap().attr.ctime;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let chmod = SetAttr {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let after = h.fs.setattr(ino, chmod).await.unwrap().attr;
+    assert!(
+        after.ctime > before,
+        "chmod: {:?} > {before:?}",
+        after.ctime
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    h.fs.rename(ROOT_INO, os("f"), ROOT_INO, os("g"), 0)
+        .await
+        .unwrap();
+    let moved = found(&h, ROOT_INO, "g").await.attr;
+    assert!(
+        moved.ctime > after.ctime,
+        "rename: {:?} > {:?}",
+        moved.ctime,
+        after.ctime
+    );
+    assert_eq!(moved.perm, 0o600);
 }

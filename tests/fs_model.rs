@@ -68,6 +68,9 @@ struct World {
     fs: Filesystem<MemoryRemote>,
     clock: ManualClock,
     model: BTreeMap<String, Node>,
+    /// Remote writes so far: each gets its own mtime (a rewrite with the same size and mtime
+    /// is invisible by design: the content cache is keyed by size and mtime).
+    remote_writes: u64,
     _dirs: tempfile::TempDir,
 }
 
@@ -104,6 +107,7 @@ impl World {
             fs,
             clock,
             model: BTreeMap::new(),
+            remote_writes: 0,
             _dirs: dirs,
         }
     }
@@ -307,8 +311,8 @@ impl World {
                 if !self.parent_is_dir(p) || self.model.get(p) == Some(&Node::Dir) {
                     return;
                 }
-                let now =
-                    SystemTime::now() + Duration::from_secs(self.model.len() as u64 * 7 + 100);
+                self.remote_writes += 1;
+                let now = SystemTime::now() + Duration::from_secs(self.remote_writes * 7 + 100);
                 self.fs.remote().put_file(&format!("{ROOT}/{p}"), d, now);
                 self.model.insert(p.clone(), Node::File(d.clone()));
                 self.clock.advance(Duration::from_secs(10));

@@ -241,7 +241,7 @@ fn without_f_it_backgrounds_and_returns_once_mounted() {
         .arg(work.path().join("staging"))
         .arg("--cache-dir")
         .arg(work.path().join("cache"))
-        .args(["--rate-limit", "0"])
+        .args(["--rate-limit", "0", "--writeback-delay", "0"])
         .env("XDG_CACHE_HOME", work.path())
         .env("FIRECREST_URL", srv.url())
         .env("FIRECREST_CLIENT_ID", "f7tfs")

@@ -12,7 +12,7 @@ pub mod content;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
@@ -289,6 +289,32 @@ impl MetadataCache {
         let mut inner = self.inner.lock();
         inner.attrs.remove(path);
         inner.negative.remove(path);
+    }
+
+    /// Our own entry change inside `dir` (create, mkdir, unlink, rmdir, symlink, rename):
+    /// its cached mtime and ctime become `when`, as the remote's do, and its link count moves
+    /// by `subdirs` (each subdirectory's `..`), so `stat` of the directory right after shows
+    /// the change (POSIX; the kernel asks again at once).
+    pub fn touch_dir(&self, dir: &RemotePath, when: SystemTime, subdirs: i32) {
+        let mut inner = self.inner.lock();
+        if let Some(e) = inner.attrs.get_mut(dir) {
+            let st = &mut e.attr.stat;
+            st.mtime = st.mtime.max(when);
+            st.ctime = Some(st.ctime.map_or(when, |c| c.max(when)));
+            if subdirs != 0 {
+                let n = i64::from(st.nlink.unwrap_or(2)) + i64::from(subdirs);
+                st.nlink = Some(u32::try_from(n.max(2)).unwrap_or(2));
+            }
+        }
+    }
+
+    /// Our own metadata change of `path` (chmod, chown, truncate, utimens): its cached ctime
+    /// becomes `when`.
+    pub fn touch_ctime(&self, path: &RemotePath, when: SystemTime) {
+        if let Some(e) = self.inner.lock().attrs.get_mut(path) {
+            let st = &mut e.attr.stat;
+            st.ctime = Some(st.ctime.map_or(when, |c| c.max(when)).max(st.mtime));
+        }
     }
 
     /// Forgets the listing of `dir`.

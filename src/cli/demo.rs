@@ -103,26 +103,37 @@ pub fn run(args: DemoArgs) -> Result<(), String> {
     let (client, ids, fsname) = crate::mount::connect(&rt, &remote, &mount)?;
     let url = server.url();
     let shown = display_path(&mountpoint);
-    let result = crate::mount::run_with_hook(rt, client, &mount, ids, fsname, || {
-        println!(
-            "f7tfs demo: mounted {} at {}",
-            served.display(),
-            mountpoint.display()
-        );
-        println!("  served by the bundled FirecREST v2 server at {url} (system \"demo\")");
-        println!("  try:   ls -l {shown}");
-        println!("         cat {shown}/README.md");
-        println!("         head -3 {shown}/data/measurements.csv   # 10 MB: read through staging");
-        println!(
-            "         echo hello > {shown}/notes/hello.txt    # lands in {}",
-            served.display()
-        );
-        println!(
-            "  leave: press Ctrl-C (unmounts cleanly; edits stay in {})",
-            served.display()
-        );
-        let _ = std::io::stdout().flush();
-    });
+    let calls = crate::mount::call_counter(&client);
+    let result = crate::mount::serve_mount(
+        rt,
+        client,
+        &mount,
+        ids,
+        fsname,
+        || {
+            println!(
+                "f7tfs demo: mounted {} at {}",
+                served.display(),
+                mountpoint.display()
+            );
+            println!("  served by the bundled FirecREST v2 server at {url} (system \"demo\")");
+            println!("  try:   ls -l {shown}");
+            println!("         cat {shown}/README.md");
+            println!(
+                "         head -3 {shown}/data/measurements.csv   # 10 MB: read through staging"
+            );
+            println!(
+                "         echo hello > {shown}/notes/hello.txt    # lands in {}",
+                served.display()
+            );
+            println!(
+                "  leave: press Ctrl-C (unmounts cleanly; edits stay in {})",
+                served.display()
+            );
+            let _ = std::io::stdout().flush();
+        },
+        calls,
+    );
     drop(server);
     result?;
     println!("f7tfs demo: unmounted {}", mountpoint.display());

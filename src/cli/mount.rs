@@ -75,9 +75,9 @@ pub struct MountArgs {
     /// Let other local users access the mount.
     #[arg(long)]
     pub allow_other: bool,
-    /// Delayed write-back in seconds: small new files are uploaded this long after close, so
-    /// the utimens/chmod/rename that follow (rsync, tar, cp -p) join one archive upload.
-    /// 0 (default): close returns once the remote has the data.
+    /// Delayed write-back in seconds (default 2): small new files are uploaded this long after
+    /// close, so the utimens/chmod/rename that follow (rsync, tar, cp -p) join one archive
+    /// upload; fsync forces it. 0: close returns only once the remote has the data.
     #[arg(long)]
     pub writeback_delay: Option<f64>,
     /// Client-side request rate limit in requests per minute (0 = unlimited).

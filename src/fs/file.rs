@@ -53,6 +53,24 @@ impl<R: RemoteFs> Filesystem<R> {
         self.drop_if_idle(file).await;
     }
 
+    /// One handle less on `file`; the last one out sends changes nobody sent yet (a
+    /// truncate by path while the file's last handle was closing), then drops the copy.
+    pub(super) async fn release_file_sending(&self, file: &Arc<OpenFile>) -> FsResult<()> {
+        let last_dirty = {
+            let mut m = file.meta.lock();
+            m.handles = m.handles.saturating_sub(1);
+            m.handles == 0 && m.dirty && !m.unlinked
+        };
+        let queued = self.writeback.lock().contains_key(&file.ino);
+        let sent = if last_dirty && !queued {
+            self.write_back(file).await
+        } else {
+            Ok(())
+        };
+        self.drop_if_idle(file).await;
+        sent
+    }
+
     /// Drops the staged copy and the shared state of a file nobody has open and whose
     /// changes are on the remote (or unlinked).
     pub(super) async fn drop_if_idle(&self, file: &Arc<OpenFile>) {
@@ -228,6 +246,7 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         self.cache.put_attr(&path, stat.clone(), None);
+        self.parent_changed(&path, 0);
         let fh = self.handles.next_fh();
         self.handles.insert_file(Arc::new(Handle {
             fh,
@@ -324,18 +343,41 @@ impl<R: RemoteFs> Filesystem<R> {
     /// `release`: uploads when still dirty, then drops the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
-        let result = self.write_back(&h.file).await;
-        if result.is_err() && h.file.meta.lock().handles <= 1 {
-            // Nobody else will send it: retried in the background until the remote takes it
-            // (or at unmount); the staged copy and its manifest stay meanwhile.
-            let due = self.cache.now() + UPLOAD_RETRY_PAUSE;
-            self.writeback
-                .lock()
-                .entry(h.file.ino)
-                .or_insert((h.file.clone(), due));
+        match self.write_back(&h.file).await {
+            Err(e) => {
+                if h.file.meta.lock().handles <= 1 {
+                    self.retry_later(&h.file);
+                }
+                self.release_file(&h.file).await;
+                Err(e)
+            }
+            Ok(()) => {
+                // Changes made between our write-back and now (a racing truncate by path) go
+                // too.
+                let sent = self.release_file_sending(&h.file).await;
+                if sent.is_err() {
+                    self.retry_later(&h.file);
+                }
+                sent
+            }
         }
-        self.release_file(&h.file).await;
-        result
+    }
+
+    /// A closed file whose upload failed: nobody else will send it, so it is retried in the
+    /// background until the remote takes it (or at unmount); the staged copy and its manifest
+    /// stay meanwhile.
+    fn retry_later(&self, file: &Arc<OpenFile>) {
+        {
+            let m = file.meta.lock();
+            if !m.dirty || m.unlinked {
+                return;
+            }
+        }
+        let due = self.cache.now() + UPLOAD_RETRY_PAUSE;
+        self.writeback
+            .lock()
+            .entry(file.ino)
+            .or_insert((file.clone(), due));
     }
 
     /// The kernel's attributes of `ino` now (used by the adapter after writes).

@@ -166,9 +166,8 @@ pub fn check_name(name: &OsStr) -> FsResult<&str> {
         return Err(FsError::InvalidName(format!("not a file name: {name:?}")));
     }
     if name.len() > 255 {
-        return Err(FsError::InvalidName(format!(
-            "longer than 255 bytes: {name:?}"
-        )));
+        // ENAMETOOLONG like any local file system (pjdfstest *::enametoolong_component).
+        return Err(FsError::NameTooLong(format!("{} bytes", name.len())));
     }
     if let Some(c) = name.chars().find(|c| *c == '\'' || c.is_control()) {
         return Err(FsError::InvalidName(format!(
@@ -595,8 +594,13 @@ impl<R: RemoteFs> Filesystem<R> {
         if let Some(f) = self.files.lock().get(&ino).cloned() {
             let m = f.meta.lock();
             if m.is_local() || m.unlinked {
+                let mut stat = m.overlay();
+                if m.unlinked {
+                    // Open but unlinked: no name left (pjdfstest unlink::open_file_not_freed).
+                    stat.nlink = Some(0);
+                }
                 return Ok(Attr {
-                    attr: attr::to_file_attr(ino, &m.overlay(), &self.ids),
+                    attr: attr::to_file_attr(ino, &stat, &self.ids),
                     ttl: self.cache.attr_ttl(),
                 });
             }
@@ -630,6 +634,25 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(target)
     }
 
+    /// Our own change of an entry in `path`'s parent: the parent's mtime/ctime move on,
+    /// its link count by `subdirs` (a directory made, removed or moved in or out).
+    pub(crate) fn parent_changed(&self, path: &RemotePath, subdirs: i32) {
+        if let Some(dir) = path.parent() {
+            self.cache
+                .touch_dir(&dir, whole_seconds(SystemTime::now()), subdirs);
+        }
+    }
+
+    /// Our own metadata change of `path` (chmod, chown, truncate, rename): its ctime moves
+    /// on, in the cache and on a staged file not yet sent.
+    pub(crate) fn ctime_changed(&self, path: &RemotePath) {
+        let now = whole_seconds(SystemTime::now());
+        self.cache.touch_ctime(path, now);
+        if let Some(f) = self.open_file_by_path(path) {
+            f.meta.lock().base.ctime = Some(now);
+        }
+    }
+
     /// `mkdir`: one call (plus a chmod if the requested mode differs from the remote's).
     pub async fn mkdir(
         &self,
@@ -649,6 +672,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.put_attr(&path, stat.clone(), None);
         self.cache.put_listing(&path, &[]);
+        self.parent_changed(&path, 1);
         Ok(self.entry(&path, &stat))
     }
 
@@ -700,6 +724,7 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         self.cache.remove(&path);
         self.inodes.unlink(&path);
+        self.parent_changed(&path, 0);
         Ok(())
     }
 
@@ -727,6 +752,7 @@ impl<R: RemoteFs> Filesystem<R> {
         self.remote.remove(&path).await?;
         self.cache.remove(&path);
         self.inodes.unlink(&path);
+        self.parent_changed(&path, -1);
         Ok(())
     }
 
@@ -755,6 +781,7 @@ impl<R: RemoteFs> Filesystem<R> {
         );
         self.cache
             .put_attr(&path, stat.clone(), Some(target.to_string()));
+        self.parent_changed(&path, 0);
         Ok(self.entry(&path, &stat))
     }
 

@@ -97,6 +97,12 @@ impl<R: RemoteFs> Filesystem<R> {
                 .await?
         };
         self.finish_rename(&from, &to, new_stat);
+        // A rename changes the moved entry's ctime, as on the remote.
+        self.ctime_changed(&to);
+        let moved_dir = src.stat.kind == FileKind::Dir;
+        let replaced_dir = dst.as_ref().is_some_and(|d| d.kind == FileKind::Dir);
+        self.parent_changed(&from, -i32::from(moved_dir));
+        self.parent_changed(&to, i32::from(moved_dir) - i32::from(replaced_dir));
         Ok(())
     }
 

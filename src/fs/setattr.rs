@@ -41,7 +41,6 @@ impl<R: RemoteFs> Filesystem<R> {
     pub async fn setattr(&self, ino: InodeNo, req: SetAttr) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
         tracing::debug!(%path, ?req, "setattr");
-        let file = self.files.lock().get(&ino).cloned();
         let current = self.resolve(&path).await?.stat;
         if let Some(size) = req.size {
             if let Some(h) = req.fh.and_then(|fh| self.handles.file(fh)) {
@@ -50,8 +49,7 @@ impl<R: RemoteFs> Filesystem<R> {
             if current.kind == FileKind::Dir {
                 return Err(FsError::IsADirectory(path.to_string()));
             }
-            self.truncate(ino, &path, &current, file.as_ref(), size)
-                .await?;
+            self.truncate(ino, &path, &current, size).await?;
         }
         let file = self.files.lock().get(&ino).cloned();
         let mtime = req.mtime.map(to_time).map(whole_seconds);
@@ -73,6 +71,10 @@ impl<R: RemoteFs> Filesystem<R> {
         if req.uid.is_some() || req.gid.is_some() {
             self.chown(&path, file.as_ref(), req.uid, req.gid).await?;
         }
+        if req.mode.is_some() || req.uid.is_some() || req.gid.is_some() || req.size.is_some() {
+            // ctime moves on, as the remote's does (pjdfstest chmod::update_ctime).
+            self.ctime_changed(&path);
+        }
         self.getattr(ino).await
     }
 
@@ -81,13 +83,11 @@ impl<R: RemoteFs> Filesystem<R> {
         ino: InodeNo,
         path: &RemotePath,
         current: &Stat,
-        file: Option<&Arc<OpenFile>>,
         size: u64,
     ) -> FsResult<()> {
-        let (file, internal) = match file {
-            Some(f) => (f.clone(), false),
-            None => (self.acquire_file(ino, path, current), true),
-        };
+        // Our own reference, even when the file looks open: its last handle may be closing
+        // right now, past its write-back (close(fd); truncate(path) races like that).
+        let file = self.acquire_file(ino, path, current);
         let result = async {
             let mut staged = file.staged.lock().await;
             self.ensure_staged(&file, &mut staged, size == 0).await?;
@@ -98,15 +98,14 @@ impl<R: RemoteFs> Filesystem<R> {
             Ok::<(), FsError>(())
         }
         .await;
-        if internal {
-            let uploaded = match result {
-                Ok(()) => self.upload(&file, false).await,
-                Err(e) => Err(e),
-            };
-            self.release_file(&file).await;
-            return uploaded;
+        match result {
+            // Sent now unless a handle stays open (its close sends it).
+            Ok(()) => self.release_file_sending(&file).await,
+            Err(e) => {
+                self.release_file(&file).await;
+                Err(e)
+            }
         }
-        result
     }
 
     /// chmod and/or set mtime of a file without unsent changes.

@@ -1,8 +1,9 @@
 //! `MountedFs`: the real `f7tfs mount -f` binary mounted over a `TestServer`, unmounted in
 //! Drop (`fusermount3 -u`, falling back to `-uz`, then the daemon is killed if it lingers).
 //! A watchdog thread kills the daemon and lazily unmounts if a test hangs past its deadline
-//! (`F7TFS_TEST_DEADLINE` seconds, default 180), printing the tail of the daemon's log so
-//! the hanging op can be seen.
+//! (`F7TFS_TEST_DEADLINE` seconds, default 180), printing the threads blocked in FUSE
+//! requests (syscall number and kernel wait channel) and the tail of the daemon's log, so
+//! the hanging op can be seen from both sides.
 
 #![allow(dead_code)]
 
@@ -50,6 +51,54 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// This test's threads blocked in a FUSE request (kernel wait channel
+/// `request_wait_answer`) and processes with their cwd or an open file under `mp`, with the
+/// syscall they are in: the hung operation, seen from the caller's side.
+fn blocked_on(mp: &Path, daemon: i32) -> String {
+    let mut out = String::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == daemon {
+            continue;
+        }
+        let dir = p.path();
+        let under = |l: &Path| std::fs::read_link(l).is_ok_and(|t| t.starts_with(mp));
+        let uses = under(&dir.join("cwd"))
+            || std::fs::read_dir(dir.join("fd"))
+                .map(|fds| fds.flatten().any(|fd| under(&fd.path())))
+                .unwrap_or(false);
+        let cmd = std::fs::read_to_string(dir.join("cmdline"))
+            .unwrap_or_default()
+            .replace('\0', " ");
+        let Ok(tasks) = std::fs::read_dir(dir.join("task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+            let wchan = read("wchan");
+            let ours = pid == std::process::id() as i32;
+            if !(uses || ours && wchan == "request_wait_answer") {
+                continue;
+            }
+            out.push_str(&format!(
+                "  pid {pid} tid {} wchan={wchan} syscall={} cmd={}\n",
+                t.file_name().to_string_lossy(),
+                read("syscall").split_whitespace().next().unwrap_or("?"),
+                cmd.trim()
+            ));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("  (no blocked thread found)\n");
+    }
+    out
+}
+
 impl MountedFs {
     /// Mounts a fresh server root with default options.
     pub fn start() -> Self {
@@ -77,6 +126,11 @@ impl MountedFs {
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         if !args.iter().any(|a| a.starts_with("--rate-limit")) {
             args.extend(["--rate-limit".to_string(), "0".to_string()]);
+        }
+        // Tests check the remote right after close(): strict close-to-open unless a test
+        // asks for delayed write-back (the product default) itself.
+        if !args.iter().any(|a| a.starts_with("--writeback-delay")) {
+            args.extend(["--writeback-delay".to_string(), "0".to_string()]);
         }
         let mut me = MountedFs {
             child: None,
@@ -210,9 +264,11 @@ impl MountedFs {
             {
                 eprintln!(
                     "watchdog: test still running after {secs} s; killing the f7tfs daemon \
-                     (pid {pid}) and unmounting {}. Daemon log tail (last op spans show what \
-                     hung):\n{}",
+                     (pid {pid}) and unmounting {}.\nBlocked on the mount (wchan \
+                     request_wait_answer = a FUSE request without answer):\n{}\nDaemon log \
+                     tail (last op spans show what hung):\n{}",
                     mp.display(),
+                    blocked_on(&mp, pid),
                     tail(&log, 40)
                 );
                 // SAFETY: plain kill(2) of our own child process.
