@@ -35,6 +35,8 @@ fn config(dirs: &TempDir) -> MountConfig {
     let mut c = MountConfig::new(ROOT, dirs.path().join("mnt"));
     c.staging.dir = dirs.path().join("staging");
     c.cache.cache_dir = dirs.path().join("cache");
+    // Strict close-to-open unless a test asks for delayed write-back (the product default).
+    c.writeback_delay = Duration::ZERO;
     c
 }
 
