@@ -35,6 +35,8 @@ fn config(dirs: &TempDir) -> MountConfig {
     let mut c = MountConfig::new(ROOT, dirs.path().join("mnt"));
     c.staging.dir = dirs.path().join("staging");
     c.cache.cache_dir = dirs.path().join("cache");
+    // Strict upload-at-close unless a test asks for the (default) delayed write-back.
+    c.writeback_delay = Duration::ZERO;
     c
 }
 
