@@ -35,7 +35,7 @@ fn config(dirs: &TempDir) -> MountConfig {
     let mut c = MountConfig::new(ROOT, dirs.path().join("mnt"));
     c.staging.dir = dirs.path().join("staging");
     c.cache.cache_dir = dirs.path().join("cache");
-    // Strict close-to-open unless a test asks for delayed write-back (the product default).
+    // Strict upload-at-close unless a test asks for the (default) delayed write-back.
     c.writeback_delay = Duration::ZERO;
     c
 }

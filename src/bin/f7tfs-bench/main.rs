@@ -53,8 +53,13 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Extra `f7tfs mount` arguments (whitespace separated). The default lifts the client-side
-    /// rate limit (1,200 calls/min), which no baseline has; pass "" to measure with it.
-    #[arg(long, default_value = "--rate-limit 0", allow_hyphen_values = true)]
+    /// rate limit, which no baseline has, and measures strict close-to-open (upload at close);
+    /// the write-back column below measures the delayed mode `f7tfs mount` uses by default.
+    #[arg(
+        long,
+        default_value = "--rate-limit 0 --writeback-delay 0",
+        allow_hyphen_values = true
+    )]
     pub mount_args: String,
     /// Also rerun the writing workloads (cp -r in, rsync, vim) with `--writeback-delay S`,
     /// timed until the remote has the result; 0 skips that run.
