@@ -161,6 +161,9 @@ pub struct MountConfig {
     /// utimens/chmod/rename that rsync, tar and `cp -p` send next join one archive upload.
     /// 0 (default) uploads at close: close() returns only once the remote has the data.
     pub writeback_delay: Duration,
+    /// Batched reads: a small file read from a directory of many small files brings all of
+    /// them in one archive (compress + download + rm) instead of one download each.
+    pub batch_reads: bool,
     /// Synthetic `statfs` numbers: total and free bytes, total and free inodes.
     pub statfs_total_bytes: u64,
     pub statfs_free_bytes: u64,
@@ -181,6 +184,7 @@ impl MountConfig {
             read_only: false,
             max_in_flight_ops: 64,
             writeback_delay: Duration::ZERO,
+            batch_reads: true,
             statfs_total_bytes: 1 << 50,
             statfs_free_bytes: 1 << 49,
             statfs_total_inodes: 1 << 32,

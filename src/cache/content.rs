@@ -168,6 +168,17 @@ impl ContentCache {
         found
     }
 
+    /// Whether this version's whole content is cached (no hit or miss counted, recency
+    /// unchanged).
+    pub fn contains(&self, path: &RemotePath, size: u64, mtime: SystemTime) -> bool {
+        let key = Self::key(path, size, mtime);
+        self.index
+            .lock()
+            .lru
+            .peek(&key)
+            .is_some_and(|e| e.present.covers(0, size))
+    }
+
     /// Removes LRU entries until the bound holds; returns the files to delete.
     fn evict(&self, index: &mut Index) -> Vec<String> {
         let mut gone = Vec::new();
