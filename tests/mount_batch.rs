@@ -79,3 +79,14 @@ fn without_batch_reads_every_file_is_a_download() {
     // The empty file needs no download.
     assert_eq!(downloads, 199);
 }
+
+#[test]
+fn a_failing_compress_falls_back_to_downloads_once() {
+    let m = MountedFs::start();
+    m.server().set_faults(&["ops/compress:503=1"]);
+    let (total, downloads) = copy_out(&m);
+    eprintln!("compress failing: {total} calls, {downloads} downloads");
+    assert_eq!(downloads, 199);
+    // Tried once, then the directory is read file by file.
+    assert_eq!(m.server().stats().calls("POST ops/compress"), 1);
+}
