@@ -724,3 +724,30 @@ async fn fetch_files_brings_a_directory_s_own_regular_files() {
     assert!(client.fetch_files(&odd).await.is_err());
     assert_eq!(server.stats().total_calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_files_of_a_read_only_directory_fails_cleanly() {
+    const USER: &str = "fireuser";
+    if !common::server::ensure_user(USER) {
+        eprintln!("SKIPPED fetch_files_of_a_read_only_directory_fails_cleanly: needs root");
+        return;
+    }
+    let server = start(|c| c.as_user = Some(USER.into()));
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    // Readable by the user, writable only by root: no room for the archive.
+    let local = server.root().join("ro");
+    std::fs::create_dir(&local).unwrap();
+    for i in 0..5 {
+        std::fs::write(local.join(format!("f{i}")), b"data").unwrap();
+    }
+    let dir = root_of(&server).join("ro").unwrap();
+    let err = client.fetch_files(&dir).await.unwrap_err();
+    eprintln!("read-only directory: {err}");
+    let names: Vec<_> = std::fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+}
