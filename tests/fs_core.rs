@@ -1484,3 +1484,45 @@ async fn hidden_archives_never_show_in_listings() {
     names.sort();
     assert_eq!(names, vec![".f7tfs-notes.tgz".to_string(), "a".to_string()]);
 }
+
+#[tokio::test]
+async fn a_directory_too_big_for_the_content_cache_is_not_batched() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let mut c = config(&dirs);
+    // The 20 files hold about 75 KB: a batch would not fit half of this cache.
+    c.cache.cache_max_size = 64 << 10;
+    let fs = Filesystem::new(remote, &c, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let dir = small_dir(&h, 20).await;
+    r(&h).reset_calls();
+    for i in 0..20 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 0);
+    assert_eq!(r(&h).calls("download"), 20);
+}
+
+#[tokio::test]
+async fn files_not_matching_a_recent_batch_do_not_start_another() {
+    let h = harness();
+    let dir = small_dir(&h, 12).await;
+    // Seven files change behind the listing's back: the batch cannot use them.
+    for i in 0..7 {
+        r(&h).put_file(
+            &path(&format!("d/f{i:02}")),
+            &small_content(i),
+            t(1_900_000_000),
+        );
+    }
+    r(&h).reset_calls();
+    for i in 0..12 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 7);
+}

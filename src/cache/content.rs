@@ -378,7 +378,12 @@ impl ContentCache {
         self.index.lock().used
     }
 
-    /// Hits, misses and use.
+    /// The size bound.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// Hits, misses, use and bound.
     pub fn stats(&self) -> ContentStats {
         ContentStats {
             hits: self.hits.load(Ordering::Relaxed),

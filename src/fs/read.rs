@@ -16,7 +16,8 @@
 //! is ignored (the requested file then falls back to its own `download`). One batch per
 //! directory runs at a time (others wait for it, then find their file cached); a failed batch
 //! falls back to per-file downloads and the directory is not batched again for
-//! `BATCH_RETRY_AFTER`.
+//! `BATCH_RETRY_AFTER` (after a successful one, for `BATCH_AGAIN_AFTER`). A directory whose
+//! files would not fit half the content cache is not batched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -48,13 +49,16 @@ const BATCH_FILE_MAX: u64 = 256 << 10;
 const BATCH_MIN_OTHERS: usize = 4;
 /// A directory whose batch failed is read file by file this long.
 const BATCH_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A directory batched successfully is not batched again this soon (files that did not
+/// match, or were evicted, are read one by one rather than by another whole batch).
+const BATCH_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// State of batched reads: on or off, one lock per directory with a batch in flight, and
-/// directories whose batch failed recently.
+/// directories not to batch before some time (after a failure or a recent batch).
 pub(super) struct Batches {
     enabled: bool,
     flights: parking_lot::Mutex<HashMap<RemotePath, Arc<tokio::sync::Mutex<()>>>>,
-    failed: parking_lot::Mutex<HashMap<RemotePath, Instant>>,
+    not_before: parking_lot::Mutex<HashMap<RemotePath, Instant>>,
 }
 
 impl Batches {
@@ -62,20 +66,29 @@ impl Batches {
         Batches {
             enabled,
             flights: parking_lot::Mutex::new(HashMap::new()),
-            failed: parking_lot::Mutex::new(HashMap::new()),
+            not_before: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
-    fn failed_recently(&self, dir: &RemotePath) -> bool {
-        let mut failed = self.failed.lock();
-        match failed.get(dir) {
-            Some(at) if at.elapsed() < BATCH_RETRY_AFTER => true,
+    fn blocked(&self, dir: &RemotePath) -> bool {
+        let mut map = self.not_before.lock();
+        match map.get(dir) {
+            Some(at) if Instant::now() < *at => true,
             Some(_) => {
-                failed.remove(dir);
+                map.remove(dir);
                 false
             }
             None => false,
         }
+    }
+
+    fn block(&self, dir: RemotePath, for_: Duration) {
+        let now = Instant::now();
+        let mut map = self.not_before.lock();
+        if map.len() > 10_000 {
+            map.retain(|_, at| *at > now);
+        }
+        map.insert(dir, now + for_);
     }
 }
 
@@ -158,7 +171,7 @@ impl<R: RemoteFs> Filesystem<R> {
         let Some(dir) = path.parent() else {
             return false;
         };
-        if self.batches.failed_recently(&dir) {
+        if self.batches.blocked(&dir) {
             return false;
         }
         let Some(listing) = self.cache.listing(&dir) else {
@@ -178,8 +191,12 @@ impl<R: RemoteFs> Filesystem<R> {
         {
             return false;
         }
+        // Within the direct download limit, and small enough for the content cache to keep
+        // the batch (else its files would evict each other).
         let total: u64 = files.iter().map(|(_, a)| a.stat.size).sum();
-        if total > self.remote.capabilities().direct_download_limit {
+        if total > self.remote.capabilities().direct_download_limit
+            || total.saturating_mul(2) > self.content.max_size()
+        {
             return false;
         }
         let others = files
@@ -207,7 +224,7 @@ impl<R: RemoteFs> Filesystem<R> {
         if self.content.contains(path, size, mtime) {
             return true;
         }
-        if self.batches.failed_recently(&dir) {
+        if self.batches.blocked(&dir) {
             return false;
         }
         let result = self.remote.fetch_files(&dir).await;
@@ -216,10 +233,11 @@ impl<R: RemoteFs> Filesystem<R> {
             Ok(f) => f,
             Err(e) => {
                 tracing::info!(%dir, "batched read failed, reading file by file: {e}");
-                self.batches.failed.lock().insert(dir, Instant::now());
+                self.batches.block(dir, BATCH_RETRY_AFTER);
                 return false;
             }
         };
+        self.batches.block(dir.clone(), BATCH_AGAIN_AFTER);
         let mut cached = 0usize;
         for f in fetched {
             let Some((_, a)) = files.iter().find(|(n, _)| *n == f.name) else {
