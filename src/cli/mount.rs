@@ -730,6 +730,26 @@ mod tests {
     }
 
     #[test]
+    fn batch_reads_default_on_and_switch_off() {
+        let base = ["c:/p", "/mnt", "--url", "u", "--token-command", "x"];
+        assert!(parse(&base).unwrap().1.batch_reads);
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        assert!(!with(&["-o", "batch_reads=false"]).unwrap().1.batch_reads);
+        assert!(!with(&["--batch-reads", "false"]).unwrap().1.batch_reads);
+        // The flag wins over -o.
+        let m = with(&["--batch-reads", "true", "-o", "batch_reads=false"])
+            .unwrap()
+            .1;
+        assert!(m.batch_reads);
+        let e = with(&["-o", "batch_reads=maybe"]).unwrap_err();
+        assert!(e.contains("batch_reads"), "{e}");
+    }
+
+    #[test]
     fn bad_input_names_the_fix() {
         let e = parse(&["noколон", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("SYSTEM:/remote/path"), "{e}");
