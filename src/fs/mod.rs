@@ -145,6 +145,8 @@ pub struct Filesystem<R: RemoteFs> {
     leftovers: Vec<Leftover>,
     /// Large transfers in flight (progress for the log and `f7tfs status`).
     transfers: Arc<crate::status::Transfers>,
+    /// Batched reads of small files (`read::Batches`).
+    batches: read::Batches,
 }
 
 /// Checks a name the kernel hands us: UTF-8, one component, nothing FirecREST cannot carry
@@ -227,6 +229,7 @@ impl<R: RemoteFs> Filesystem<R> {
             },
             leftovers,
             transfers: Arc::default(),
+            batches: read::Batches::new(config.batch_reads),
         })
     }
 
@@ -374,7 +377,10 @@ impl<R: RemoteFs> Filesystem<R> {
         let result = flight.await;
         self.list_flights.lock().remove(dir);
         match result {
-            Ok(entries) => {
+            Ok(mut entries) => {
+                // The hidden archives of batched reads and archive uploads are ours, and
+                // short-lived: a listing never shows them.
+                entries.retain(|e| !read::is_archive_name(&e.name));
                 self.cache.put_listing(dir, &entries);
                 self.misses.lock().remove(dir);
                 Ok(entries)
