@@ -167,6 +167,9 @@ pub struct MountConfig {
     /// Default 2 s: `f7tfs-bench` measured `rsync -a` of 1,000 files at 75 calls with it against
     /// 11,261 without. 0 uploads at close: close() returns only once the remote has the data.
     pub writeback_delay: Duration,
+    /// Batched reads: a small file read from a directory of many small files brings all of
+    /// them in one archive (compress + download + rm) instead of one download each.
+    pub batch_reads: bool,
     /// Synthetic `statfs` numbers: total and free bytes, total and free inodes.
     pub statfs_total_bytes: u64,
     pub statfs_free_bytes: u64,
@@ -187,6 +190,7 @@ impl MountConfig {
             read_only: false,
             max_in_flight_ops: 64,
             writeback_delay: DEFAULT_WRITEBACK_DELAY,
+            batch_reads: true,
             statfs_total_bytes: 1 << 50,
             statfs_free_bytes: 1 << 49,
             statfs_total_inodes: 1 << 32,

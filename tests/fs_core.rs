@@ -1515,3 +1515,221 @@ async fn ctime_moves_on_for_files_still_waiting_for_delayed_write_back() {
     );
     assert_eq!(moved.perm, 0o600);
 }
+
+// ---- batched reads ----
+
+/// Lists `dir` through opendir/readdir (as `cp -r` does) and returns the names seen.
+async fn list_names(h: &H, dir: u64) -> Vec<String> {
+    let d = h.fs.opendir(dir).await.unwrap();
+    let mut names = Vec::new();
+    let mut off = 0;
+    loop {
+        let items = h.fs.readdir(dir, d.fh, off).await.unwrap();
+        if items.is_empty() {
+            break;
+        }
+        off = items.last().unwrap().offset;
+        names.extend(items.into_iter().map(|i| i.name));
+    }
+    h.fs.releasedir(d.fh);
+    names.retain(|n| n != "." && n != "..");
+    names
+}
+
+fn small_content(i: usize) -> Vec<u8> {
+    format!("file {i} ").repeat(100 + i * 37).into_bytes()
+}
+
+/// `n` files `d/fNN` of `small_content`, mtimes a second apart; returns d's inode, listed.
+async fn small_dir(h: &H, n: usize) -> u64 {
+    r(h).mkdir_all(&path("d"));
+    for i in 0..n {
+        r(h).put_file(
+            &path(&format!("d/f{i:02}")),
+            &small_content(i),
+            t(1_700_000_000 + i as u64),
+        );
+    }
+    let dir = found(h, ROOT_INO, "d").await.attr.ino;
+    assert_eq!(list_names(h, dir).await.len(), n);
+    dir
+}
+
+#[tokio::test]
+async fn reading_twenty_small_files_of_a_directory_is_one_batch() {
+    let h = harness();
+    let dir = small_dir(&h, 20).await;
+    r(&h).reset_calls();
+    for i in 0..20 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i), "f{i:02}");
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 0);
+    assert_eq!(r(&h).total_calls(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_readers_share_one_batch() {
+    let h = harness();
+    let dir = small_dir(&h, 12).await;
+    r(&h).set_delay("fetch_files", Duration::from_millis(100));
+    r(&h).reset_calls();
+    let mut inos = Vec::new();
+    for i in 0..12 {
+        inos.push(found(&h, dir, &format!("f{i:02}")).await.attr.ino);
+    }
+    let reads = futures_util::future::join_all(inos.iter().map(|&ino| read_all(&h, ino))).await;
+    for (i, data) in reads.into_iter().enumerate() {
+        assert_eq!(data, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 0);
+}
+
+#[tokio::test]
+async fn a_file_changed_since_the_listing_falls_back_to_its_own_download() {
+    let h = harness();
+    let dir = small_dir(&h, 10).await;
+    // Same size, other mtime: the archive's copy does not match the listing.
+    let changed: Vec<u8> = small_content(3).iter().map(|b| b ^ 1).collect();
+    r(&h).put_file(&path("d/f03"), &changed, t(1_800_000_000));
+    r(&h).reset_calls();
+    let e = found(&h, dir, "f03").await;
+    assert_eq!(read_all(&h, e.attr.ino).await, changed);
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 1);
+    for i in [0, 1, 2, 4, 5, 6, 7, 8, 9] {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 1);
+}
+
+#[tokio::test]
+async fn an_unsupported_batch_falls_back_and_is_not_retried() {
+    let h = harness();
+    let dir = small_dir(&h, 20).await;
+    r(&h).fail_always(
+        "fetch_files",
+        RemoteError::Unsupported("no compress here".into()),
+    );
+    r(&h).reset_calls();
+    for i in 0..20 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 20);
+}
+
+#[tokio::test]
+async fn big_files_and_directories_over_the_limit_are_not_batched() {
+    // Files above the per-file bound of a batch.
+    let h = harness();
+    r(&h).mkdir_all(&path("d"));
+    let big = vec![7u8; 300 << 10];
+    for i in 0..6 {
+        r(&h).put_file(&path(&format!("d/b{i}")), &big, t(1_700_000_000));
+    }
+    let dir = found(&h, ROOT_INO, "d").await.attr.ino;
+    list_names(&h, dir).await;
+    r(&h).reset_calls();
+    for i in 0..6 {
+        let e = found(&h, dir, &format!("b{i}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, big);
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 0);
+    assert_eq!(r(&h).calls("download"), 6);
+
+    // Small files that together exceed the direct download limit.
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(20_000, 5_242_880));
+    let dir = small_dir(&h, 20).await;
+    r(&h).reset_calls();
+    for i in 0..20 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 0);
+    assert_eq!(r(&h).calls("download"), 20);
+}
+
+#[tokio::test]
+async fn batch_reads_can_be_turned_off() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let mut c = config(&dirs);
+    c.batch_reads = false;
+    let fs = Filesystem::new(remote, &c, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let dir = small_dir(&h, 8).await;
+    r(&h).reset_calls();
+    for i in 0..8 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 0);
+    assert_eq!(r(&h).calls("download"), 8);
+}
+
+#[tokio::test]
+async fn hidden_archives_never_show_in_listings() {
+    let h = harness();
+    r(&h).mkdir_all(&path("d"));
+    r(&h).put_file(&path("d/a"), b"a", t(1_700_000_000));
+    let tgz = format!(".f7tfs-{}.tgz", uuid::Uuid::new_v4().simple());
+    let tar = format!(".f7tfs-{}.tar", uuid::Uuid::new_v4());
+    r(&h).put_file(&path(&format!("d/{tgz}")), b"z", t(1_700_000_000));
+    r(&h).put_file(&path(&format!("d/{tar}")), b"z", t(1_700_000_000));
+    // Look-alikes that are not ours stay visible.
+    r(&h).put_file(&path("d/.f7tfs-notes.tgz"), b"n", t(1_700_000_000));
+    let dir = found(&h, ROOT_INO, "d").await.attr.ino;
+    let mut names = list_names(&h, dir).await;
+    names.sort();
+    assert_eq!(names, vec![".f7tfs-notes.tgz".to_string(), "a".to_string()]);
+}
+
+#[tokio::test]
+async fn a_directory_too_big_for_the_content_cache_is_not_batched() {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let mut c = config(&dirs);
+    // The 20 files hold about 75 KB: a batch would not fit half of this cache.
+    c.cache.cache_max_size = 64 << 10;
+    let fs = Filesystem::new(remote, &c, ids(), Arc::new(clock.clone())).unwrap();
+    let h = H { fs, clock, dirs };
+    let dir = small_dir(&h, 20).await;
+    r(&h).reset_calls();
+    for i in 0..20 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 0);
+    assert_eq!(r(&h).calls("download"), 20);
+}
+
+#[tokio::test]
+async fn files_not_matching_a_recent_batch_do_not_start_another() {
+    let h = harness();
+    let dir = small_dir(&h, 12).await;
+    // Seven files change behind the listing's back: the batch cannot use them.
+    for i in 0..7 {
+        r(&h).put_file(
+            &path(&format!("d/f{i:02}")),
+            &small_content(i),
+            t(1_900_000_000),
+        );
+    }
+    r(&h).reset_calls();
+    for i in 0..12 {
+        let e = found(&h, dir, &format!("f{i:02}")).await;
+        assert_eq!(read_all(&h, e.attr.ino).await, small_content(i));
+    }
+    assert_eq!(r(&h).calls("fetch_files"), 1);
+    assert_eq!(r(&h).calls("download"), 7);
+}

@@ -666,3 +666,88 @@ async fn suite_as_an_unprivileged_user() {
     let st = client.stat(&home.join("owned").unwrap()).await.unwrap();
     assert_eq!((st.uid, st.gid), (uid, gid));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_files_brings_a_directory_s_own_regular_files() {
+    let server = start(|_| {});
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let local = server.root().join("batch.d");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    let files = [
+        ("plain", pseudo_random(3000, 1), 0o644),
+        (".hidden", b"h".to_vec(), 0o600),
+        ("with space", pseudo_random(10, 2), 0o755),
+        ("empty", Vec::new(), 0o640),
+    ];
+    for (i, (name, data, mode)) in files.iter().enumerate() {
+        let p = local.join(name);
+        std::fs::write(&p, data).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(*mode)).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(epoch(1_600_000_000 + i as i64))
+            .unwrap();
+    }
+    std::fs::write(local.join("sub/nested"), b"no").unwrap();
+    std::os::unix::fs::symlink("plain", local.join("link")).unwrap();
+    let dir = root_of(&server).join("batch.d").unwrap();
+    server.reset_stats();
+    let mut got = client.fetch_files(&dir).await.unwrap();
+    got.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut want: Vec<_> = files.iter().enumerate().collect();
+    want.sort_by(|a, b| a.1 .0.cmp(b.1 .0));
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (f, (i, (name, data, mode))) in got.iter().zip(want) {
+        assert_eq!(f.name, *name);
+        assert_eq!(f.content[..], data[..], "{name}");
+        assert_eq!(f.perm, *mode, "{name}");
+        assert_eq!(f.mtime, epoch(1_600_000_000 + i as i64), "{name}");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.calls("POST ops/compress"), 1);
+    assert_eq!(stats.calls("GET ops/download"), 1);
+    assert_eq!(stats.calls("DELETE ops/rm"), 1);
+    assert_eq!(stats.total_calls(), 3);
+    let left: Vec<_> = std::fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".f7tfs-"))
+        .collect();
+    assert!(left.is_empty(), "archive left behind: {left:?}");
+    // A directory the API cannot name in a pattern is refused before any call.
+    server.reset_stats();
+    let odd = root_of(&server).join("odd(name)").unwrap();
+    assert!(client.fetch_files(&odd).await.is_err());
+    assert_eq!(server.stats().total_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_files_of_a_read_only_directory_fails_cleanly() {
+    const USER: &str = "fireuser";
+    if !common::server::ensure_user(USER) {
+        eprintln!("SKIPPED fetch_files_of_a_read_only_directory_fails_cleanly: needs root");
+        return;
+    }
+    let server = start(|c| c.as_user = Some(USER.into()));
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    // Readable by the user, writable only by root: no room for the archive.
+    let local = server.root().join("ro");
+    std::fs::create_dir(&local).unwrap();
+    for i in 0..5 {
+        std::fs::write(local.join(format!("f{i}")), b"data").unwrap();
+    }
+    let dir = root_of(&server).join("ro").unwrap();
+    let err = client.fetch_files(&dir).await.unwrap_err();
+    eprintln!("read-only directory: {err}");
+    let names: Vec<_> = std::fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 5, "{names:?}");
+}

@@ -168,6 +168,17 @@ impl ContentCache {
         found
     }
 
+    /// Whether this version's whole content is cached (no hit or miss counted, recency
+    /// unchanged).
+    pub fn contains(&self, path: &RemotePath, size: u64, mtime: SystemTime) -> bool {
+        let key = Self::key(path, size, mtime);
+        self.index
+            .lock()
+            .lru
+            .peek(&key)
+            .is_some_and(|e| e.present.covers(0, size))
+    }
+
     /// Removes LRU entries until the bound holds; returns the files to delete.
     fn evict(&self, index: &mut Index) -> Vec<String> {
         let mut gone = Vec::new();
@@ -367,7 +378,12 @@ impl ContentCache {
         self.index.lock().used
     }
 
-    /// Hits, misses and use.
+    /// The size bound.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
+    }
+
+    /// Hits, misses, use and bound.
     pub fn stats(&self) -> ContentStats {
         ContentStats {
             hits: self.hits.load(Ordering::Relaxed),

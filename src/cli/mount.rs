@@ -45,10 +45,10 @@ pub struct MountArgs {
     pub(crate) profile_resolved: bool,
     /// Mount options, comma separated: profile=NAME, config=FILE, log_file=FILE, attr_ttl=S, negative_ttl=S, dir_ttl=S, staging_dir=D,
     /// cache_dir=D, cache_max_size=SIZE, remote_timezone=TZ, api_version=v2, allow_other, ro,
-    /// rw, writeback_delay=S, statfs_size=SIZE, statfs_free=SIZE (what df shows), rate_limit=N,
-    /// max_requests=N, timeout=S, max_in_flight=N. Options of mount(8) and fstab (dev, suid,
-    /// exec, _netdev, noauto, user, nofail, default_permissions, x-systemd.*, ...) are accepted
-    /// and ignored.
+    /// rw, writeback_delay=S, batch_reads=BOOL, statfs_size=SIZE, statfs_free=SIZE (what df
+    /// shows), rate_limit=N, max_requests=N, timeout=S, max_in_flight=N. Options of mount(8)
+    /// and fstab (dev, suid, exec, _netdev, noauto, user, nofail, default_permissions,
+    /// x-systemd.*, ...) are accepted and ignored.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Attribute cache TTL in seconds (0 = always revalidate).
@@ -80,6 +80,10 @@ pub struct MountArgs {
     /// upload; fsync forces it. 0: close returns only once the remote has the data.
     #[arg(long)]
     pub writeback_delay: Option<f64>,
+    /// Batched reads (default true): reading a small file of a directory holding many small
+    /// files fetches all of them in one archive (3 calls) instead of one download each.
+    #[arg(long, value_name = "BOOL")]
+    pub batch_reads: Option<bool>,
     /// Client-side request rate limit in requests per minute (0 = unlimited).
     #[arg(long)]
     pub rate_limit: Option<u32>,
@@ -228,6 +232,14 @@ impl MountArgs {
                     mount.writeback_delay = parse_secs(need(val)?, key)?
                 }
                 "writeback_delay" => {}
+                "batch_reads" if self.batch_reads.is_none() => {
+                    mount.batch_reads = match val.unwrap_or("true") {
+                        "true" | "yes" | "on" | "1" => true,
+                        "false" | "no" | "off" | "0" => false,
+                        v => return Err(format!("batch_reads must be true or false, got {v:?}")),
+                    }
+                }
+                "batch_reads" => {}
                 "statfs_size" => mount.statfs_total_bytes = parse_size(need(val)?)?,
                 "statfs_free" => mount.statfs_free_bytes = parse_size(need(val)?)?,
                 "rate_limit" if self.rate_limit.is_none() => {
@@ -509,6 +521,9 @@ impl MountArgs {
         if let Some(v) = self.writeback_delay {
             mount.writeback_delay = secs(v, "--writeback-delay")?;
         }
+        if let Some(v) = self.batch_reads {
+            mount.batch_reads = v;
+        }
         if let Some(v) = self.dir_ttl {
             mount.cache.dir_ttl = secs(v, "--dir-ttl")?;
         }
@@ -720,6 +735,26 @@ mod tests {
             (2 << 40, 1 << 40)
         );
         assert!(matches!(r.credentials, Credentials::TokenCommand(_)));
+    }
+
+    #[test]
+    fn batch_reads_default_on_and_switch_off() {
+        let base = ["c:/p", "/mnt", "--url", "u", "--token-command", "x"];
+        assert!(parse(&base).unwrap().1.batch_reads);
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        assert!(!with(&["-o", "batch_reads=false"]).unwrap().1.batch_reads);
+        assert!(!with(&["--batch-reads", "false"]).unwrap().1.batch_reads);
+        // The flag wins over -o.
+        let m = with(&["--batch-reads", "true", "-o", "batch_reads=false"])
+            .unwrap()
+            .1;
+        assert!(m.batch_reads);
+        let e = with(&["-o", "batch_reads=maybe"]).unwrap_err();
+        assert!(e.contains("batch_reads"), "{e}");
     }
 
     #[test]

@@ -176,6 +176,10 @@ pub fn parse(text: &str, file: &Path, name: &str) -> Result<Option<Profile>, Str
             },
             option => match value {
                 toml::Value::Boolean(true) => p.options.push(option.to_string()),
+                // Options that default to on are switched off explicitly.
+                toml::Value::Boolean(false) if option == "batch_reads" => {
+                    p.options.push(format!("{option}=false"))
+                }
                 toml::Value::Boolean(false) => {}
                 toml::Value::String(s) => p.options.push(format!("{option}={s}")),
                 toml::Value::Integer(n) => p.options.push(format!("{option}={n}")),
@@ -208,6 +212,7 @@ attr_ttl = 5
 writeback_delay = 1.5
 allow_other = true
 ro = false
+batch_reads = false
 options = "rate_limit=600, max_requests=4"
 
 [profile.other]
@@ -234,6 +239,7 @@ options = ["dir_ttl=2"]
             [
                 "allow_other",
                 "attr_ttl=5",
+                "batch_reads=false",
                 "rate_limit=600",
                 "max_requests=4",
                 "writeback_delay=1.5"

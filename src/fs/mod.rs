@@ -148,6 +148,8 @@ pub struct Filesystem<R: RemoteFs> {
     offline_until: Mutex<Option<std::time::Instant>>,
     /// Large transfers in flight (progress for the log and `f7tfs status`).
     transfers: Arc<crate::status::Transfers>,
+    /// Batched reads of small files (`read::Batches`).
+    batches: read::Batches,
 }
 
 /// After a transient failure (unreachable, overloaded, deadline passed), metadata of paths
@@ -236,6 +238,7 @@ impl<R: RemoteFs> Filesystem<R> {
             leftovers,
             offline_until: Mutex::new(None),
             transfers: Arc::default(),
+            batches: read::Batches::new(config.batch_reads),
         })
     }
 
@@ -415,8 +418,11 @@ impl<R: RemoteFs> Filesystem<R> {
         let result = flight.await;
         self.list_flights.lock().remove(dir);
         match result {
-            Ok(entries) => {
+            Ok(mut entries) => {
                 self.note_remote(None);
+                // The hidden archives of batched reads and archive uploads are ours, and
+                // short-lived: a listing never shows them.
+                entries.retain(|e| !read::is_archive_name(&e.name));
                 self.cache.put_listing(dir, &entries);
                 self.misses.lock().remove(dir);
                 Ok(entries)

@@ -7,15 +7,28 @@
 //! (path, size, mtime) while their URL is valid. Writers without O_TRUNC get the content
 //! copied into their staged file (`fetch_into`: cached ranges from disk, the rest in parallel
 //! ranges). Large transfers are listed in `status::Transfers` for the log and `f7tfs status`.
+//!
+//! Batched reads (DESIGN.md section 3 "Batching"): a small file that misses the content cache,
+//! in a directory whose fresh listing shows at least `BATCH_MIN_OTHERS` other small regular
+//! files not cached yet, and whose regular files together fit the direct download limit,
+//! brings the whole directory in one `fetch_files` (compress + download + rm on v2). Every
+//! fetched file whose size and mtime match the listing goes into the content cache; the rest
+//! is ignored (the requested file then falls back to its own `download`). One batch per
+//! directory runs at a time (others wait for it, then find their file cached); a failed batch
+//! falls back to per-file downloads and the directory is not batched again for
+//! `BATCH_RETRY_AFTER` (after a successful one, for `BATCH_AGAIN_AFTER`). A directory whose
+//! files would not fit half the content cache is not batched.
 
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
 use super::handle::{Handle, LargeReader};
-use super::Filesystem;
+use super::{whole_seconds, Filesystem};
 use crate::error::FsResult;
-use crate::remote::{RemoteFs, RemotePath, StagedObject, Stat};
+use crate::remote::{FileKind, RemoteFs, RemotePath, StagedObject, Stat};
 use crate::staging::StagedFile;
 use crate::status::Direction;
 
@@ -29,6 +42,63 @@ const FETCH_CHUNK: u64 = 8 << 20;
 const FETCH_PARALLEL: usize = 4;
 /// A staged object is not used when it expires sooner than this.
 const OBJECT_MARGIN: Duration = Duration::from_secs(60);
+
+/// Files above this size are never fetched in a batch (nor do they start one).
+const BATCH_FILE_MAX: u64 = 256 << 10;
+/// Uncached small files besides the one read that make a batch worth it.
+const BATCH_MIN_OTHERS: usize = 4;
+/// A directory whose batch failed is read file by file this long.
+const BATCH_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// A directory batched successfully is not batched again this soon (files that did not
+/// match, or were evicted, are read one by one rather than by another whole batch).
+const BATCH_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
+/// State of batched reads: on or off, one lock per directory with a batch in flight, and
+/// directories not to batch before some time (after a failure or a recent batch).
+pub(super) struct Batches {
+    enabled: bool,
+    flights: parking_lot::Mutex<HashMap<RemotePath, Arc<tokio::sync::Mutex<()>>>>,
+    not_before: parking_lot::Mutex<HashMap<RemotePath, Instant>>,
+}
+
+impl Batches {
+    pub(super) fn new(enabled: bool) -> Self {
+        Batches {
+            enabled,
+            flights: parking_lot::Mutex::new(HashMap::new()),
+            not_before: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn blocked(&self, dir: &RemotePath) -> bool {
+        let mut map = self.not_before.lock();
+        match map.get(dir) {
+            Some(at) if Instant::now() < *at => true,
+            Some(_) => {
+                map.remove(dir);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn block(&self, dir: RemotePath, for_: Duration) {
+        let now = Instant::now();
+        let mut map = self.not_before.lock();
+        if map.len() > 10_000 {
+            map.retain(|_, at| *at > now);
+        }
+        map.insert(dir, now + for_);
+    }
+}
+
+/// Whether `name` is one of the hidden archives f7tfs puts in a directory for a moment
+/// (`.f7tfs-<uuid>.tar` of archive uploads, `.f7tfs-<uuid>.tgz` of batched reads).
+pub(super) fn is_archive_name(name: &str) -> bool {
+    name.strip_prefix(".f7tfs-")
+        .and_then(|r| r.strip_suffix(".tgz").or_else(|| r.strip_suffix(".tar")))
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok())
+}
 
 fn slice(data: &Bytes, offset: u64, size: u32) -> Bytes {
     let start = (offset as usize).min(data.len());
@@ -75,6 +145,13 @@ impl<R: RemoteFs> Filesystem<R> {
                 return Ok(Bytes::from(data));
             }
         }
+        if self.batch_read(path, size, mtime).await {
+            if let Some(p) = self.content.get(path, size, mtime) {
+                if let Ok(data) = std::fs::read(p) {
+                    return Ok(Bytes::from(data));
+                }
+            }
+        }
         let data = self.remote.download(path).await?;
         if data.len() as u64 == size {
             if let Err(e) = self.content.put(path, size, mtime, &data) {
@@ -82,6 +159,103 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         Ok(data)
+    }
+
+    /// Fetches the small files of `path`'s directory in one batch when that is worth it (see
+    /// the module header); true when a batch ran (or another reader's batch finished) and
+    /// `path` may now be in the content cache.
+    async fn batch_read(&self, path: &RemotePath, size: u64, mtime: SystemTime) -> bool {
+        if !self.batches.enabled || size > BATCH_FILE_MAX {
+            return false;
+        }
+        let Some(dir) = path.parent() else {
+            return false;
+        };
+        if self.batches.blocked(&dir) {
+            return false;
+        }
+        let Some(listing) = self.cache.listing(&dir) else {
+            return false;
+        };
+        let same = |stat: &Stat, size: u64, mtime: SystemTime| {
+            stat.size == size && whole_seconds(stat.mtime) == whole_seconds(mtime)
+        };
+        let me = path.file_name();
+        let files: Vec<_> = listing
+            .iter()
+            .filter(|(_, a)| a.stat.kind == FileKind::File)
+            .collect();
+        if !files
+            .iter()
+            .any(|(n, a)| n == me && same(&a.stat, size, mtime))
+        {
+            return false;
+        }
+        // Within the direct download limit, and small enough for the content cache to keep
+        // the batch (else its files would evict each other).
+        let total: u64 = files.iter().map(|(_, a)| a.stat.size).sum();
+        if total > self.remote.capabilities().direct_download_limit
+            || total.saturating_mul(2) > self.content.max_size()
+        {
+            return false;
+        }
+        let others = files
+            .iter()
+            .filter(|(n, a)| {
+                n != me
+                    && a.stat.size <= BATCH_FILE_MAX
+                    && dir
+                        .join(n)
+                        .is_ok_and(|p| !self.content.contains(&p, a.stat.size, a.stat.mtime))
+            })
+            .count();
+        if others < BATCH_MIN_OTHERS {
+            return false;
+        }
+        let lock = self
+            .batches
+            .flights
+            .lock()
+            .entry(dir.clone())
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        // Another reader's batch may have brought it (or failed) meanwhile.
+        if self.content.contains(path, size, mtime) {
+            return true;
+        }
+        if self.batches.blocked(&dir) {
+            return false;
+        }
+        let result = self.remote.fetch_files(&dir).await;
+        self.batches.flights.lock().remove(&dir);
+        let fetched = match result {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::info!(%dir, "batched read failed, reading file by file: {e}");
+                self.batches.block(dir, BATCH_RETRY_AFTER);
+                return false;
+            }
+        };
+        self.batches.block(dir.clone(), BATCH_AGAIN_AFTER);
+        let mut cached = 0usize;
+        for f in fetched {
+            let Some((_, a)) = files.iter().find(|(n, _)| *n == f.name) else {
+                continue;
+            };
+            if !same(&a.stat, f.content.len() as u64, f.mtime) {
+                continue;
+            }
+            let Ok(p) = dir.join(&f.name) else {
+                continue;
+            };
+            match self.content.put(&p, a.stat.size, a.stat.mtime, &f.content) {
+                Ok(_) => cached += 1,
+                Err(e) => tracing::debug!(path = %p, "content cache put failed: {e}"),
+            }
+        }
+        tracing::debug!(%dir, cached, "batched read");
+        true
     }
 
     /// Copies the remote content of `path` into a staged file (writers without O_TRUNC):

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::{
-    ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FileKind, Progress, RemoteError,
-    RemoteFs, RemotePath, RemoteResult, StagedObject, Stat,
+    ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FetchedFile, FileKind, Progress,
+    RemoteError, RemoteFs, RemotePath, RemoteResult, StagedObject, Stat,
 };
 
 /// One object in the in-memory tree.
@@ -335,6 +335,33 @@ impl RemoteFs for MemoryRemote {
             return Err(RemoteError::TooLarge(path.to_string()));
         }
         Ok(node.content)
+    }
+
+    /// One call: the directory's regular files packed and unpacked as the v2 client does,
+    /// refused when the archive exceeds the direct download limit.
+    async fn fetch_files(&self, dir: &RemotePath) -> RemoteResult<Vec<FetchedFile>> {
+        self.enter("fetch_files").await?;
+        let node = self.lookup(dir)?;
+        if node.kind != FileKind::Dir {
+            return Err(RemoteError::NotADirectory(dir.to_string()));
+        }
+        let files: Vec<FetchedFile> = {
+            let tree = self.tree.lock();
+            children(&tree, dir.as_str())
+                .filter(|(_, n)| n.kind == FileKind::File)
+                .map(|(name, n)| FetchedFile {
+                    name: name.to_string(),
+                    content: n.content.clone(),
+                    perm: n.perm,
+                    mtime: n.mtime,
+                })
+                .collect()
+        };
+        let tgz = super::archive::pack_flat(&files, "d/")?;
+        if tgz.len() as u64 > self.caps.direct_download_limit {
+            return Err(RemoteError::TooLarge(format!("archive of {dir}")));
+        }
+        super::archive::unpack_flat(&tgz, "d/", self.caps.direct_download_limit * 4)
     }
 
     async fn upload(&self, path: &RemotePath, data: Bytes) -> RemoteResult<()> {

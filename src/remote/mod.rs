@@ -10,6 +10,7 @@
 //! Paths crossing the seam are absolute remote paths (`RemotePath`); a name the API cannot
 //! carry safely (API.md section 3) is refused with `RemoteError::InvalidName` before any call.
 
+pub mod archive;
 pub mod auth;
 pub mod detect;
 pub mod http;
@@ -201,6 +202,18 @@ pub struct StagedObject {
     pub expires: SystemTime,
 }
 
+/// One regular file of a directory, fetched in a batch (`fetch_files`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedFile {
+    /// A single component: the file's name in the directory.
+    pub name: String,
+    pub content: Bytes,
+    /// Permission bits.
+    pub perm: u32,
+    /// Modification time, whole seconds.
+    pub mtime: SystemTime,
+}
+
 /// Progress callback for long transfers: (bytes done, bytes total).
 pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -341,6 +354,19 @@ pub trait RemoteFs: Send + Sync + 'static {
         dir: &RemotePath,
         members: Vec<ArchiveMember>,
     ) -> impl Future<Output = RemoteResult<()>> + Send;
+
+    /// The batched read (archive route the other way, API.md 12.1): every top-level regular
+    /// file of `dir` with its content, mode and mtime, in a few calls however many files
+    /// there are. The caller makes sure the directory's regular files together fit
+    /// `direct_download_limit`. Flavours or directories that cannot do it answer an error
+    /// (`Unsupported` by default) and the caller reads file by file.
+    fn fetch_files(
+        &self,
+        dir: &RemotePath,
+    ) -> impl Future<Output = RemoteResult<Vec<FetchedFile>>> + Send {
+        let dir = dir.to_string();
+        async move { Err(RemoteError::Unsupported(format!("batched reads of {dir}"))) }
+    }
 
     /// `mkdir` (no parents); returns the new directory's attributes.
     fn mkdir(&self, path: &RemotePath) -> impl Future<Output = RemoteResult<Stat>> + Send;

@@ -33,8 +33,8 @@ use self::parse::IdMap;
 use self::wire::{LsEntry, Output, StatOutput, UserInfo};
 use super::http::{Body, Call, HttpClient, HttpStats};
 use super::{
-    transfer, ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FileKind, Progress,
-    RemoteError, RemoteFs, RemotePath, RemoteResult, StagedObject, Stat,
+    transfer, ArchiveMember, ArchiveMemberKind, Capabilities, DirEntry, FetchedFile, FileKind,
+    Progress, RemoteError, RemoteFs, RemotePath, RemoteResult, StagedObject, Stat,
 };
 
 /// Presigned URLs are used only until this long before they expire.
@@ -451,6 +451,47 @@ impl RemoteFs for V2Client {
         extracted
     }
 
+    async fn fetch_files(&self, dir: &RemotePath) -> RemoteResult<Vec<FetchedFile>> {
+        check_path_chars(dir.as_str(), false)?;
+        // The remote runs `cd PARENT; find . -type f -regex PATTERN | tar -cz`: members are
+        // `./BASE/NAME`. The pattern keeps BASE's own files only.
+        let base = dir.file_name();
+        let pattern = batch_pattern(base).ok_or_else(|| {
+            RemoteError::Unsupported(format!("batched reads of {dir}: name not in the safe set"))
+        })?;
+        let tar_name = format!(".f7tfs-{}.tgz", uuid::Uuid::new_v4().simple());
+        let tar_path = dir.join(&tar_name)?;
+        let call = Call::api(Method::POST, self.ops("compress"), false).json(json!({
+            "sourcePath": dir.as_str(),
+            "targetPath": tar_path.as_str(),
+            "compression": "gzip",
+            "matchPattern": pattern,
+        }));
+        let result = match self.inner.http.send(&call).await {
+            Ok(_) => {
+                let limit = self.capabilities().direct_download_limit;
+                let dl = Call::api(Method::GET, self.ops("download"), true)
+                    .query("path", tar_path.as_str());
+                match self.inner.http.send(&dl).await {
+                    Ok(resp) => crate::remote::archive::unpack_flat(
+                        &resp.body,
+                        &format!("{base}/"),
+                        limit.saturating_mul(4),
+                    ),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        // Always remove the archive (a failed compress may have left a partial one).
+        if let Err(e) = self.rm_direct(&tar_path).await {
+            if !matches!(e, RemoteError::NotFound(_)) {
+                tracing::warn!(archive = %tar_path, "cannot remove the batch archive: {e}");
+            }
+        }
+        result
+    }
+
     async fn mkdir(&self, path: &RemotePath) -> RemoteResult<Stat> {
         check_path_chars(path.as_str(), false)?;
         let call = Call::api(Method::POST, self.ops("mkdir"), false)
@@ -692,6 +733,28 @@ impl RemoteFs for V2Client {
         self.remove_job_logs(&job).await;
         result
     }
+}
+
+/// The `find -regex` (emacs syntax) pattern matching the own files of directory `base` as
+/// `find .` in its parent names them; `None` when `base` holds characters we do not quote.
+fn batch_pattern(base: &str) -> Option<String> {
+    if base.is_empty() {
+        return None;
+    }
+    let mut out = String::from("[.]/");
+    for c in base.chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' | ',' | '@' | '=' | ':' => out.push(c),
+            '.' | '+' => {
+                out.push('[');
+                out.push(c);
+                out.push(']');
+            }
+            _ => return None,
+        }
+    }
+    out.push_str("/[^/]*");
+    Some(out)
 }
 
 #[cfg(test)]
