@@ -371,19 +371,30 @@ fn a_failed_large_upload_is_the_error_of_close_and_stays_staged() {
     };
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(!m.remote("big.dat").exists() || fs::metadata(m.remote("big.dat")).unwrap().len() == 0);
+    // The close after the failed fsync and the background retry re-send it ("uploading")
+    // and fail again ("failed"): wait for a failed state rather than catch a retry.
+    let read_manifest = || {
+        fs::read_dir(m.staging_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| fs::read_to_string(p).unwrap_or_default())
+            .expect("a manifest")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut manifest = read_manifest();
+    while !manifest.contains("\"failed\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        manifest = read_manifest();
+    }
+    assert!(
+        manifest.contains("big.dat") && manifest.contains("\"failed\""),
+        "{manifest}"
+    );
     let staged: Vec<_> = fs::read_dir(m.staging_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    let manifest = staged
-        .iter()
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| fs::read_to_string(p).unwrap())
-        .expect("a manifest");
-    assert!(
-        manifest.contains("big.dat") && manifest.contains("failed"),
-        "{manifest}"
-    );
     let data_file = staged
         .iter()
         .find(|p| p.extension().is_some_and(|x| x == "data"))

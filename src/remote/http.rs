@@ -218,7 +218,10 @@ pub fn retry_delay(
     attempt: u32,
     retry_after: Option<Duration>,
 ) -> Option<Duration> {
-    if attempt >= policy.max_retries {
+    // 429 is the gateway saying "later", not a failure: it is waited out for as long as the
+    // operation's deadline allows (`attempt` then counts 429s only), while `max_retries`
+    // bounds real failures.
+    if attempt >= policy.max_retries && outcome != Outcome::Status(429) {
         return None;
     }
     let retryable = match outcome {
@@ -479,6 +482,7 @@ impl HttpClient {
 
     async fn send_with_retries(&self, call: &Call) -> RemoteResult<Reply> {
         let mut attempt: u32 = 0;
+        let mut throttled: u32 = 0;
         let mut auth_retried = false;
         loop {
             let token = match call.target {
@@ -506,8 +510,12 @@ impl HttpClient {
                         }
                         return Err(err);
                     }
-                    match retry_delay(&self.policy, outcome, call.idempotent, attempt, retry_after)
-                    {
+                    let tries = if outcome == Outcome::Status(429) {
+                        throttled
+                    } else {
+                        attempt
+                    };
+                    match retry_delay(&self.policy, outcome, call.idempotent, tries, retry_after) {
                         Some(wait) => {
                             tracing::debug!(
                                 call = %call.describe(),
@@ -518,7 +526,11 @@ impl HttpClient {
                             );
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(wait).await;
-                            attempt += 1;
+                            if outcome == Outcome::Status(429) {
+                                throttled += 1;
+                            } else {
+                                attempt += 1;
+                            }
                         }
                         None => {
                             if attempt > 0 {
@@ -767,6 +779,8 @@ mod tests {
     fn retries_stop_after_max_and_honour_retry_after() {
         let p = policy();
         assert!(retry_delay(&p, Outcome::Status(503), true, 3, None).is_none());
+        // 429s are waited out past the failure budget (the op deadline bounds them).
+        assert!(retry_delay(&p, Outcome::Status(429), false, 7, None).is_some());
         assert!(retry_delay(&p, Outcome::Status(408), true, 1, None).is_none());
         let d = retry_delay(
             &p,
