@@ -1,5 +1,5 @@
 //! Real tools on a real mount: cp -r in and out, tar x, rsync twice, editor saves, sed -i,
-//! git; once with the default write-back (upload at close) and once with the delayed one.
+//! git; with upload at close, with a short write-back delay, and a real doc tree with the defaults.
 
 mod common;
 
@@ -174,4 +174,62 @@ fn tools_with_delayed_writeback() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A real tree of this machine (issue 3: "cp -r a real tree in and out, e.g. /usr/share/doc"),
+/// through the mount's own defaults (delayed write-back, batched reads): in, out, identical,
+/// and a second `rsync -a` transfers nothing.
+#[test]
+fn a_real_doc_tree_with_the_default_options() {
+    let docs: Vec<String> = ["git", "rsync", "tar", "fuse3", "python3"]
+        .iter()
+        .map(|p| format!("/usr/share/doc/{p}"))
+        .filter(|p| Path::new(p).is_dir())
+        .collect();
+    assert!(
+        !docs.is_empty(),
+        "no /usr/share/doc tree to copy: run .ci/install (git, rsync, fuse3)"
+    );
+    let mut m = MountedFs::start_with(&["--writeback-delay", "2"], |_| {});
+    let src = tempfile::tempdir().unwrap();
+    let s = src.path().display();
+    for d in &docs {
+        // `cp -a` of the package's docs, so the comparison below does not depend on the
+        // machine's own copy changing underneath.
+        let copied = std::process::Command::new("cp")
+            .args(["-a", d.as_str()])
+            .arg(src.path())
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp -a {d} failed");
+    }
+    m.sh(&format!("cp -r {s}/. doc-in"));
+    let out = tempfile::tempdir().unwrap();
+    m.sh(&format!("cp -r doc-in {}/back", out.path().display()));
+    m.sh(&format!("diff -r --no-dereference {s} doc-in"));
+    m.sh(&format!(
+        "diff -r --no-dereference {s} {}/back",
+        out.path().display()
+    ));
+    m.sh(&format!("rsync -a {s}/ doc-rs/"));
+    let stats = m.sh(&format!("rsync -a --stats {s}/ doc-rs/"));
+    assert!(
+        stats.contains("Number of regular files transferred: 0"),
+        "second rsync transferred files:\n{stats}"
+    );
+    m.unmount().expect("daemon exits");
+    let remote = m.remote_root().to_path_buf();
+    for dir in ["doc-in", "doc-rs"] {
+        let out = std::process::Command::new("diff")
+            .args(["-r", "--no-dereference"])
+            .arg(src.path())
+            .arg(remote.join(dir))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{dir} on the remote differs:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }
