@@ -53,18 +53,15 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Extra `f7tfs mount` arguments (whitespace separated). The default lifts the client-side
-    /// rate limit, which no baseline has, and measures strict close-to-open (upload at close);
-    /// the write-back column below measures the delayed mode `f7tfs mount` uses by default.
-    #[arg(
-        long,
-        default_value = "--rate-limit 0 --writeback-delay 0",
-        allow_hyphen_values = true
-    )]
+    /// rate limit, which no baseline has; everything else is `f7tfs mount`'s own defaults
+    /// (2 s delayed write-back of small new files, batched small reads), and writing steps are
+    /// timed until the remote has the result.
+    #[arg(long, default_value = "--rate-limit 0", allow_hyphen_values = true)]
     pub mount_args: String,
-    /// Also rerun the writing workloads (cp -r in, rsync, vim) with `--writeback-delay S`,
-    /// timed until the remote has the result; 0 skips that run.
-    #[arg(long, default_value_t = 2.0)]
-    pub writeback_delay: f64,
+    /// Skip the rerun of the writing workloads (cp -r in, rsync, vim) in strict mode
+    /// (`--writeback-delay 0`: every `close()` returns once the remote has the file).
+    #[arg(long)]
+    pub no_strict_run: bool,
     /// Delay of `f7tfs serve`'s transfer jobs (PENDING time), milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub job_delay_ms: u64,

@@ -72,7 +72,7 @@ fn steps(big: u64) -> Vec<StepDef> {
     ]
 }
 
-/// Steps rerun with delayed write-back.
+/// Writing steps, rerun in strict mode (upload at close).
 const WB_STEPS: [&str; 4] = ["cp-in", "rsync1", "rsync2", "vim"];
 
 /// What one target measured for one step.
@@ -225,7 +225,8 @@ enum Target<'a> {
         stats_url: String,
         /// Extra mount arguments of this target.
         extra: String,
-        /// Count the time until the remote check passes (delayed write-back).
+        /// Count the time until the remote check passes (delayed write-back hands data to the
+        /// remote after `close()`).
         wait_remote: bool,
     },
     Sshfs {
@@ -545,8 +546,8 @@ fn report(w: &World, defs: &[StepDef], res: &HashMap<(String, String), Measure>)
     println!();
     println!(
         "| workload | lower bound calls | f7tfs calls | f7tfs bytes | f7tfs s | HTTP s (calls) | \
-         pyfirecrest s (calls) | sshfs s (bytes) | f7tfs via proxy s (calls) | f7tfs write-back \
-         delay s (calls) |"
+         pyfirecrest s (calls) | sshfs s (bytes) | f7tfs via proxy s (calls) | f7tfs strict, \
+         upload at close s (calls) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for d in defs {
@@ -555,7 +556,7 @@ fn report(w: &World, defs: &[StepDef], res: &HashMap<(String, String), Measure>)
         let py = get(d.id, "pyfirecrest");
         let ss = get(d.id, "sshfs");
         let px = get(d.id, "f7tfs-proxy");
-        let wb = get(d.id, "f7tfs-wb");
+        let wb = get(d.id, "f7tfs-strict");
         println!(
             "| {} | {} | {} | {} | {} | {}{} [{}] | {}{} [{}] | {}{} [{}] | {} [{}] | {} [{}] |",
             d.title,
@@ -654,7 +655,14 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
     if !args.only.is_empty() {
         defs.retain(|d| args.only.iter().any(|o| o == d.id));
     }
-    let tags = ["f7tfs", "f7tfs-wb", "f7tfs-proxy", "sshfs", "http", "py"];
+    let tags = [
+        "f7tfs",
+        "f7tfs-strict",
+        "f7tfs-proxy",
+        "sshfs",
+        "http",
+        "py",
+    ];
     eprintln!(
         "bench: writing fixtures under {} ...",
         base.path().display()
@@ -693,18 +701,18 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
         ep: ep(),
         stats_url: server.url.clone(),
         extra: String::new(),
-        wait_remote: false,
+        wait_remote: true,
     };
     run_mount_target(&w, rt, &direct, &defs, &mut results)?;
 
-    // 1b. The writing workloads again with delayed write-back, timed until the remote has it.
-    if args.writeback_delay > 0.0 {
+    // 1b. The writing workloads again in strict mode: `close()` returns once the remote has it.
+    if !args.no_strict_run {
         let t = Target::F7tfs {
-            tag: "f7tfs-wb",
+            tag: "f7tfs-strict",
             ep: ep(),
             stats_url: server.url.clone(),
-            extra: format!("--writeback-delay {}", args.writeback_delay),
-            wait_remote: true,
+            extra: "--writeback-delay 0".into(),
+            wait_remote: false,
         };
         let writing: Vec<StepDef> = steps(w.big)
             .into_iter()
@@ -847,7 +855,7 @@ pub fn run(args: &Args, rt: &Runtime) -> R<()> {
             },
             stats_url: format!("http://{up}"),
             extra: String::new(),
-            wait_remote: false,
+            wait_remote: true,
         };
         run_mount_target(&w, rt, &t, &defs, &mut results)?;
     }
