@@ -1,5 +1,6 @@
 //! Contract of `f7tfs serve` against the recorded real FirecREST v2 exchanges in
-//! `shared/firecrest/v2-samples/`: the fixture tree of the recording is rebuilt under the test
+//! `shared/firecrest/v2-samples/` (beside the repository, or the copy in
+//! `tests/fixtures/firecrest/` on a clone that has no `shared/`): the fixture tree of the recording is rebuilt under the test
 //! server's root (`/home` ↦ ROOT, `/home/fireuser` ↦ ROOT/fireuser), every sample is replayed in
 //! the recorded order, and each answer is checked for the same status, the same keys and JSON
 //! types (recursively), and the same values where they are deterministic (messages with paths
@@ -34,14 +35,16 @@ fn shared_dir() -> PathBuf {
     }
     candidates.push(manifest.join("../shared"));
     candidates.push(manifest.join("../../shared"));
+    // A copy of the recording kept in the repository, so a clean clone tests the same contract.
+    candidates.push(manifest.join("tests/fixtures"));
     for c in &candidates {
         if c.join("firecrest/v2-samples/_index.json").is_file() {
             return c.clone();
         }
     }
     panic!(
-        "recorded samples not found: expected shared/firecrest/v2-samples beside the repository \
-         (tried {candidates:?}); set F7TFS_SHARED to the shared/ directory"
+        "recorded samples not found (tried {candidates:?}): restore tests/fixtures/firecrest or \
+         set F7TFS_SHARED to a directory holding firecrest/v2-samples"
     );
 }
 
