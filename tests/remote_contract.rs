@@ -725,6 +725,32 @@ async fn fetch_files_brings_a_directory_s_own_regular_files() {
     assert_eq!(server.stats().total_calls(), 0);
 }
 
+/// With hundreds of files, `find` used to list the batch's own archive while tar was still
+/// writing it ("file changed as we read it", HTTP 500); the pattern now leaves it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_files_of_a_large_directory_leaves_its_own_archive_out() {
+    // The real default limit: the directory's 1.2 MiB tar fits it.
+    let server = start(|c| c.max_ops_file_size = 5 << 20);
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let local = server.root().join("many");
+    std::fs::create_dir_all(&local).unwrap();
+    for i in 0..600 {
+        std::fs::write(local.join(format!("f{i:04}")), pseudo_random(2048, i)).unwrap();
+    }
+    let dir = root_of(&server).join("many").unwrap();
+    for _ in 0..3 {
+        server.reset_stats();
+        let got = client.fetch_files(&dir).await.unwrap();
+        assert_eq!(got.len(), 600);
+        assert!(got.iter().all(|f| f.content.len() == 2048));
+        assert_eq!(server.stats().total_calls(), 3);
+    }
+    let left = std::fs::read_dir(&local).unwrap().count();
+    assert_eq!(left, 600, "archive left behind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_files_of_a_read_only_directory_fails_cleanly() {
     const USER: &str = "fireuser";

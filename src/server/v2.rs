@@ -769,11 +769,13 @@ pub(crate) async fn compress_argv(
         .map_or(".".to_string(), |n| n.to_string_lossy().into_owned());
     let deref = if req.dereference { "--dereference" } else { "" };
     Ok(match &req.match_pattern {
+        // As the real server: with a pattern the archive is always gzipped, whatever
+        // `compression` says.
         Some(pattern) => vec![
             "bash".into(),
             "-c".into(),
             format!(
-                "cd \"$1\" && find . -type f -regex \"$2\" -print0 | tar {deref} -c{flag}vf \"$3\" --null --files-from -"
+                "cd \"$1\" && find . -type f -regex \"$2\" -print0 | tar {deref} -czvf \"$3\" --null --files-from -"
             ),
             "bash".into(),
             dir,

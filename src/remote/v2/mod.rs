@@ -435,7 +435,7 @@ impl RemoteFs for V2Client {
     async fn put_archive(&self, dir: &RemotePath, members: Vec<ArchiveMember>) -> RemoteResult<()> {
         check_path_chars(dir.as_str(), false)?;
         let tar = self.build_tar(&members)?;
-        let tar_name = format!(".f7tfs-{}.tar", uuid::Uuid::new_v4());
+        let tar_name = format!("{ARCHIVE_PREFIX}{}.tar", uuid::Uuid::new_v4());
         let tar_path = dir.join(&tar_name)?;
         self.upload_named(dir, &tar_name, Bytes::from(tar)).await?;
         // Extracting the same archive twice has the same effect: idempotent.
@@ -459,7 +459,7 @@ impl RemoteFs for V2Client {
         let pattern = batch_pattern(base).ok_or_else(|| {
             RemoteError::Unsupported(format!("batched reads of {dir}: name not in the safe set"))
         })?;
-        let tar_name = format!(".f7tfs-{}.tgz", uuid::Uuid::new_v4().simple());
+        let tar_name = format!("{ARCHIVE_PREFIX}{}.tgz", uuid::Uuid::new_v4().simple());
         let tar_path = dir.join(&tar_name)?;
         let call = Call::api(Method::POST, self.ops("compress"), false).json(json!({
             "sourcePath": dir.as_str(),
@@ -735,8 +735,14 @@ impl RemoteFs for V2Client {
     }
 }
 
-/// The `find -regex` (emacs syntax) pattern matching the own files of directory `base` as
-/// `find .` in its parent names them; `None` when `base` holds characters we do not quote.
+/// Name prefix of the hidden archives this client puts in a directory for a moment.
+const ARCHIVE_PREFIX: &str = ".f7tfs-";
+
+/// The `find -regex` (emacs syntax, as the server runs it) pattern matching the own files of
+/// directory `base` as `find .` in its parent names them, except our hidden archives: the
+/// batch's own archive is written into that directory while `find` lists it, and tar would
+/// otherwise read it as it grows ("file changed as we read it", exit 1). `None` when `base`
+/// holds characters we do not quote.
 fn batch_pattern(base: &str) -> Option<String> {
     if base.is_empty() {
         return None;
@@ -753,8 +759,32 @@ fn batch_pattern(base: &str) -> Option<String> {
             _ => return None,
         }
     }
-    out.push_str("/[^/]*");
+    out.push('/');
+    out.push_str(&name_without_prefix(ARCHIVE_PREFIX));
     Some(out)
+}
+
+/// An emacs regex for a file name (no `/`) that does not start with `prefix` (characters of
+/// `prefix` must be safe inside and outside brackets; `.` is bracketed): either it differs
+/// from the prefix at some position, or it is a proper prefix of it.
+fn name_without_prefix(prefix: &str) -> String {
+    let lit = |c: char| {
+        if c == '.' {
+            "[.]".to_string()
+        } else {
+            c.to_string()
+        }
+    };
+    let chars: Vec<char> = prefix.chars().collect();
+    let mut alternatives = Vec::new();
+    for i in 0..chars.len() {
+        let head: String = chars[..i].iter().map(|&c| lit(c)).collect();
+        alternatives.push(format!("{head}[^{}/][^/]*", chars[i]));
+        if i > 0 {
+            alternatives.push(head);
+        }
+    }
+    format!("\\({}\\)", alternatives.join("\\|"))
 }
 
 #[cfg(test)]
@@ -769,6 +799,52 @@ mod tests {
         assert!(check_path_chars("/home/u/a&b", false).is_ok());
         assert!(check_path_chars("/home/u/a&b", true).is_err());
         assert!(check_path_chars("/home/u/a\"b", true).is_err());
+    }
+
+    /// The pattern as the server's `find . -type f -regex` applies it, in the parent of `d`.
+    #[test]
+    fn batch_pattern_keeps_own_files_but_not_our_archives() {
+        let parent = tempfile::tempdir().unwrap();
+        let d = parent.path().join("my.dir-1");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        let keep = [
+            "a",
+            "plain.tgz",
+            ".hidden",
+            ".f",
+            ".f7",
+            ".f7tfs",
+            ".f7tfsx",
+            ".f7tfs.tgz",
+            "f7tfs-",
+            "with space",
+            "-dash",
+        ];
+        let skip = [".f7tfs-1234.tgz", ".f7tfs-x.tar", ".f7tfs-", "sub/inner"];
+        for n in keep.iter().chain(&skip) {
+            std::fs::write(d.join(n), b"x").unwrap();
+        }
+        std::fs::write(parent.path().join("beside"), b"x").unwrap();
+        let pattern = batch_pattern("my.dir-1").unwrap();
+        let out = std::process::Command::new("find")
+            .args([".", "-type", "f", "-regex", &pattern])
+            .current_dir(parent.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("./my.dir-1/").to_string())
+            .collect();
+        found.sort();
+        let mut want: Vec<String> = keep.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(found, want, "pattern {pattern}");
+        assert_eq!(batch_pattern("odd(name)"), None);
     }
 
     #[test]
