@@ -1,8 +1,7 @@
 //! Batched reads on a real mount: `cp -r` out of a directory of 200 small files is
 //! byte-identical and costs a handful of API calls (one listing, one compress + download + rm)
 //! instead of one download per file, also for `cat` of 800 files; no hidden archive is left on
-//! the server; with
-//! `--batch-reads false` every file is its own download.
+//! the server; with `--batch-reads false` every file is its own download.
 
 mod common;
 
