@@ -218,6 +218,29 @@ impl MountConfig {
     }
 }
 
+/// The name of a remote's own staging and content directories: `SYSTEM:/remote/root` in
+/// file-name-safe characters (`daint-capstor_scratch_me`) plus a short hash of the exact
+/// text, so different remotes never share one.
+pub fn remote_key(system: &str, remote_root: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    let root = safe(remote_root.trim_matches('/'));
+    let readable: String = format!("{}-{root}", safe(system))
+        .chars()
+        .take(80)
+        .collect();
+    let hash = Sha256::digest(format!("{system}:{remote_root}").as_bytes());
+    let short: String = hash[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{readable}-{short}")
+}
+
 /// `$XDG_CACHE_HOME/f7tfs` or `~/.cache/f7tfs` (or `/tmp/f7tfs-cache` without a home).
 pub fn default_cache_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
@@ -226,5 +249,19 @@ pub fn default_cache_root() -> PathBuf {
     match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         Some(home) => PathBuf::from(home).join(".cache").join("f7tfs"),
         None => std::env::temp_dir().join("f7tfs-cache"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_keys_are_readable_and_distinct() {
+        let k = remote_key("daint", "/capstor/scratch/cscs/me");
+        assert!(k.starts_with("daint-capstor_scratch_cscs_me-"), "{k}");
+        assert_ne!(remote_key("a", "/b/c"), remote_key("a", "/b_c"));
+        assert_ne!(remote_key("a", "/"), remote_key("b", "/"));
+        assert!(!remote_key("x y", "/ü/../z").contains(['/', ' ']));
     }
 }

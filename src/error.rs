@@ -91,6 +91,8 @@ impl FsError {
                 | FsError::Exists(_)
                 | FsError::NotEmpty(_)
                 | FsError::XattrUnsupported
+                // Hard links, device nodes: by design (git tries a link, then renames).
+                | FsError::NotPermitted(_)
                 | FsError::NotADirectory(_)
                 | FsError::IsADirectory(_)
                 | FsError::NameTooLong(_)
@@ -208,6 +210,7 @@ mod tests {
     #[test]
     fn expected_errors_are_quiet() {
         assert!(FsError::NotFound(s()).is_expected());
+        assert!(FsError::NotPermitted(s()).is_expected());
         assert!(!FsError::LocalIo(s()).is_expected());
     }
 }

@@ -1,7 +1,8 @@
-//! f7tfs: mount HPC storage reached through FirecREST (v2 and v1) as a local folder.
+//! f7tfs: mount HPC storage reached through FirecREST v2 as a local folder (v1: detected and
+//! refused with a clear message; not implemented yet).
 //!
 //! Layers, dependencies pointing one way: `fuse` (thin adapter) → `fs` (one async fn per FUSE
-//! op) → `cache` + `staging` → `remote` (`trait RemoteFs`, v2 and v1 clients) → HTTP.
+//! op) → `cache` + `staging` → `remote` (`trait RemoteFs`, the v2 client) → HTTP.
 //! `server` is the bundled FirecREST-compatible server (`f7tfs serve`), used by the demo, the
 //! tests and the benchmarks. See `shared/DESIGN.md` for the semantics.
 

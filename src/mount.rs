@@ -20,6 +20,9 @@ use crate::fuse::{FuseAdapter, DRAIN_TIMEOUT};
 use crate::remote::v2::V2Client;
 use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath};
 
+/// File in a staging dir naming its remote (`SYSTEM:/remote/root`).
+pub const REMOTE_FILE: &str = ".remote";
+
 /// Connects, mounts and serves until unmounted. Errors are one line naming cause and fix.
 pub fn run(remote_cfg: RemoteConfig, mount_cfg: MountConfig) -> Result<(), String> {
     let rt = runtime()?;
@@ -164,6 +167,12 @@ pub fn check_mountpoint(mp: &Path) -> Result<(), String> {
             mp.display()
         ));
     }
+    if std::fs::read_dir(mp).is_ok_and(|mut d| d.next().is_some()) {
+        tracing::warn!(
+            "mount point {} is not empty: its own files are hidden while f7tfs is mounted there",
+            mp.display()
+        );
+    }
     Ok(())
 }
 
@@ -218,21 +227,38 @@ pub fn is_mounted(mp: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
 }
 
-/// Unmounts `mp`: `fusermount3 -u`, then lazily if busy.
+/// Unmounts `mp`: `fusermount3 -u`, then lazily if busy (saying so: the daemon then serves
+/// until the last process using the mount leaves it).
 pub fn unmount(mp: &Path) -> bool {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        let ok = Command::new("fusermount3")
+    let run = |args: &[&str]| {
+        Command::new("fusermount3")
             .args(args)
             .arg(mp)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return true;
+            .output()
+            .map_err(|e| format!("cannot run fusermount3: {e}"))
+            .and_then(|o| match o.status.success() {
+                true => Ok(()),
+                false => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            })
+    };
+    let Err(why) = run(&["-u"]) else {
+        return true;
+    };
+    match run(&["-u", "-z"]) {
+        Ok(()) => {
+            tracing::warn!(
+                "{} is busy ({why}): detached it; f7tfs exits once the last process using it \
+                 (a shell or file open there) leaves; Ctrl-C again exits now, leaving unsent \
+                 data staged",
+                mp.display()
+            );
+            true
         }
-        tracing::warn!("fusermount3 {} {} failed", args.join(" "), mp.display());
+        Err(lazy) => {
+            tracing::warn!("cannot unmount {}: {why}; {lazy}", mp.display());
+            false
+        }
     }
-    false
 }
 
 /// Mounts `client` at `mount_cfg.mountpoint` and serves until unmounted, calling `on_live` once
@@ -251,6 +277,10 @@ pub fn serve_mount<R: RemoteFs>(
         Filesystem::new(client, mount_cfg, ids, Arc::new(SystemClock))
             .map_err(|e| format!("cannot prepare the staging area or cache: {e}"))?,
     );
+    // Which remote this staging dir belongs to, for `f7tfs recover SYSTEM`.
+    if let Err(e) = std::fs::write(fs.staging_dir().join(REMOTE_FILE), &fsname) {
+        tracing::warn!("cannot record the remote in the staging dir: {e}");
+    }
     if !fs.leftovers().is_empty() {
         let dir = fs.staging_dir().display();
         eprintln!(

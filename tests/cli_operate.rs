@@ -549,6 +549,82 @@ fn background_mount_returns_only_once_live_and_logs_to_the_file() {
     assert!(std::fs::read_to_string(&log).unwrap().contains("unmounted"));
 }
 
+/// Two remotes (two profiles, two systemd instances) mounted side by side with the default
+/// directories: each gets its own staging and content dir, named after its remote, and a
+/// relative mount point is reported (and checked) as the absolute one.
+#[test]
+fn two_remotes_mount_side_by_side_with_default_directories() {
+    let server = TestServer::start();
+    std::fs::create_dir_all(server.root().join("one")).unwrap();
+    std::fs::create_dir_all(server.root().join("two")).unwrap();
+    std::fs::write(server.root().join("two/t.txt"), "T").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let env = [("XDG_CACHE_HOME", cache.to_str().unwrap())];
+    let mut guards = Vec::new();
+    for name in ["one", "two"] {
+        let mp = work.path().join(format!("mnt-{name}"));
+        std::fs::create_dir(&mp).unwrap();
+        let mut guard = Guard::new(&mp);
+        let source = format!("{}:{}", server.system(), server.path(name));
+        let out = f7tfs(
+            &["mount", &source, mp.to_str().unwrap()],
+            Some(&server),
+            &env,
+        );
+        let err = text(&out.stderr);
+        guard.pid = printed_pid(&err);
+        assert!(out.status.success(), "{name}: {err}");
+        guards.push(guard);
+    }
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("mnt-two/t.txt")).unwrap(),
+        "T"
+    );
+    for kind in ["staging", "content"] {
+        let dirs: Vec<_> = std::fs::read_dir(cache.join("f7tfs").join(kind))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(dirs.len(), 2, "{kind}: {dirs:?}");
+    }
+    // Relative: the same point again is "already a mount point", not a staging conflict.
+    let again = Command::new(BIN)
+        .args([
+            "mount",
+            &format!("{}:{}", server.system(), server.path("one")),
+            "mnt-one",
+        ])
+        .current_dir(work.path())
+        .env("FIRECREST_URL", server.url())
+        .env("FIRECREST_CLIENT_ID", "f7tfs")
+        .env("FIRECREST_CLIENT_SECRET", "f7tfs")
+        .env("AUTH_TOKEN_URL", server.token_url())
+        .env("XDG_CACHE_HOME", &cache)
+        .output()
+        .unwrap();
+    let err = text(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{err}");
+    assert!(err.contains("already a mount point"), "{err}");
+    assert!(
+        err.contains(work.path().join("mnt-one").to_str().unwrap()),
+        "{err}"
+    );
+    let listed = f7tfs(&["recover"], None, &env);
+    assert!(text(&listed.stdout).contains("nothing to recover"));
+    for g in &mut guards {
+        assert!(Command::new("fusermount3")
+            .arg("-u")
+            .arg(&g.mp)
+            .status()
+            .unwrap()
+            .success());
+        let pid = g.pid.expect("pid printed");
+        wait_until("the daemon to exit", 30, || !pid_alive(pid));
+        g.pid = None;
+    }
+}
+
 /// Mounts in the foreground with NOTIFY_SOCKET=`notify`, expects READY=1 once live, then
 /// SIGTERM → STOPPING=1 and exit 0.
 fn notify_round(sock: &UnixDatagram, notify: &str) {

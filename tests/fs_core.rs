@@ -1733,3 +1733,40 @@ async fn files_not_matching_a_recent_batch_do_not_start_another() {
     assert_eq!(r(&h).calls("fetch_files"), 1);
     assert_eq!(r(&h).calls("download"), 7);
 }
+
+/// Times the API cannot set (directories, large files) last the session, past the attribute
+/// TTL, while the remote object is unchanged; a remote rewrite, or our own new entry in the
+/// directory, ends them.
+#[tokio::test]
+async fn unsettable_mtimes_last_the_session_until_the_remote_changes() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 8192));
+    r(&h).mkdir_all(&path("d"));
+    r(&h).put_file(&path("large"), &vec![7u8; 10_000], t(1_700_000_000));
+    let d = found(&h, ROOT_INO, "d").await.attr.ino;
+    let large = found(&h, ROOT_INO, "large").await.attr.ino;
+    let old = t(1_500_000_000);
+    for ino in [d, large] {
+        let req = SetAttr {
+            mtime: Some(TimeOrNow::SpecificTime(old)),
+            ..Default::default()
+        };
+        assert_eq!(h.fs.setattr(ino, req).await.unwrap().attr.mtime, old);
+    }
+    assert_eq!(r(&h).calls("put_archive"), 0);
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(found(&h, ROOT_INO, "d").await.attr.mtime, old);
+    assert_eq!(found(&h, ROOT_INO, "large").await.attr.mtime, old);
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(found(&h, ROOT_INO, "large").await.attr.mtime, old);
+    // Rewritten on the remote: its own mtime shows again.
+    r(&h).put_file(&path("large"), &vec![8u8; 10_000], t(1_800_000_000));
+    h.clock.advance(Duration::from_secs(60));
+    assert_eq!(
+        found(&h, ROOT_INO, "large").await.attr.mtime,
+        t(1_800_000_000)
+    );
+    // Our own new entry in the directory moves its mtime on, as on a local disk.
+    write_new(&h, d, "new", b"x").await;
+    h.clock.advance(Duration::from_secs(60));
+    assert_ne!(found(&h, ROOT_INO, "d").await.attr.mtime, old);
+}

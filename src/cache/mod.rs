@@ -6,6 +6,13 @@
 //! every name it does not hold; our own mutations (create, mkdir, unlink, rename, setattr,
 //! uploads) update the cache at once (read-your-writes), remote changes show after the TTL.
 //! One `parking_lot` mutex guards all maps; it is never held across an `.await`.
+//!
+//! Modification times the API cannot set (directories, symlinks, large files) are kept for
+//! the session (`keep_mtime`): every later answer of the remote about that path shows the
+//! kept time as long as the remote object is unchanged (same size and mtime as when the time
+//! was set; for directories, as first seen after it was set or after our own delayed uploads
+//! into it landed). A different remote mtime, our own entry change in a directory, or removal
+//! ends it.
 
 pub mod clock;
 pub mod content;
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::config::CacheConfig;
-use crate::remote::{DirEntry, RemotePath, Stat};
+use crate::remote::{DirEntry, FileKind, RemotePath, Stat};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 
@@ -52,11 +59,41 @@ struct Listing {
     expires: Instant,
 }
 
+/// A modification time the remote cannot store, shown while the remote object is `base`
+/// (size, remote mtime); `None`: adopt what the remote shows next.
+struct KeptMtime {
+    mtime: SystemTime,
+    base: Option<(u64, SystemTime)>,
+}
+
 #[derive(Default)]
 struct Inner {
     attrs: HashMap<RemotePath, AttrEntry>,
     negative: HashMap<RemotePath, Instant>,
     dirs: HashMap<RemotePath, Listing>,
+    kept: HashMap<RemotePath, KeptMtime>,
+}
+
+impl Inner {
+    /// Shows a kept mtime on `stat` (an answer about `path`) while the remote is unchanged.
+    fn apply_kept(&mut self, path: &RemotePath, stat: &mut Stat) {
+        let Some(k) = self.kept.get_mut(path) else {
+            return;
+        };
+        if stat.mtime == k.mtime {
+            return;
+        }
+        let now = (stat.size, stat.mtime);
+        match k.base {
+            None => k.base = Some(now),
+            Some(b) if b == now || b.1 == now.1 && stat.kind == FileKind::Dir => {}
+            Some(_) => {
+                self.kept.remove(path);
+                return;
+            }
+        }
+        stat.mtime = k.mtime;
+    }
 }
 
 /// The metadata cache of one mount.
@@ -157,11 +194,13 @@ impl MetadataCache {
     }
 
     /// Records attributes learnt from the remote or from our own mutation.
-    pub fn put_attr(&self, path: &RemotePath, stat: Stat, link_target: Option<String>) {
+    /// Returns the attributes as recorded (with a kept mtime shown).
+    pub fn put_attr(&self, path: &RemotePath, mut stat: Stat, link_target: Option<String>) -> Stat {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
         Self::purge_if_big(&mut inner, now);
         inner.negative.remove(path);
+        inner.apply_kept(path, &mut stat);
         let link_target = link_target.or_else(|| {
             inner
                 .attrs
@@ -172,7 +211,10 @@ impl MetadataCache {
         inner.attrs.insert(
             path.clone(),
             AttrEntry {
-                attr: CachedAttr { stat, link_target },
+                attr: CachedAttr {
+                    stat: stat.clone(),
+                    link_target,
+                },
                 expires: now + self.attr_ttl,
             },
         );
@@ -181,10 +223,12 @@ impl MetadataCache {
                 l.names.insert(path.file_name().to_string());
             }
         }
+        stat
     }
 
-    /// Records a whole listing of `dir`: every entry's attributes and the set of names.
-    pub fn put_listing(&self, dir: &RemotePath, entries: &[DirEntry]) {
+    /// Records a whole listing of `dir`: every entry's attributes and the set of names (kept
+    /// mtimes are shown in `entries` too).
+    pub fn put_listing(&self, dir: &RemotePath, entries: &mut [DirEntry]) {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
         Self::purge_if_big(&mut inner, now);
@@ -194,6 +238,7 @@ impl MetadataCache {
                 continue;
             };
             inner.negative.remove(&path);
+            inner.apply_kept(&path, &mut e.stat);
             inner.attrs.insert(
                 path,
                 AttrEntry {
@@ -277,6 +322,7 @@ impl MetadataCache {
             let mut inner = self.inner.lock();
             inner.attrs.retain(|p, _| !p.starts_with(path));
             inner.dirs.retain(|p, _| !p.starts_with(path));
+            inner.kept.retain(|p, _| !p.starts_with(path));
             inner
                 .negative
                 .retain(|p, _| !p.starts_with(path) || p == path);
@@ -297,6 +343,7 @@ impl MetadataCache {
     /// the change (POSIX; the kernel asks again at once).
     pub fn touch_dir(&self, dir: &RemotePath, when: SystemTime, subdirs: i32) {
         let mut inner = self.inner.lock();
+        inner.kept.remove(dir);
         if let Some(e) = inner.attrs.get_mut(dir) {
             let st = &mut e.attr.stat;
             st.mtime = st.mtime.max(when);
@@ -351,6 +398,18 @@ impl MetadataCache {
                 inner.dirs.insert(new, l);
             }
         }
+        inner.kept.retain(|p, _| !p.starts_with(to));
+        let moved: Vec<RemotePath> = inner
+            .kept
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for old in moved {
+            if let (Some(k), Some(new)) = (inner.kept.remove(&old), rebase(&old, from, to)) {
+                inner.kept.insert(new, k);
+            }
+        }
         inner.negative.retain(|p, _| !p.starts_with(to));
         inner.negative.insert(from.clone(), now + self.negative_ttl);
         if let Some(parent) = from.parent() {
@@ -362,6 +421,32 @@ impl MetadataCache {
             if let Some(l) = inner.dirs.get_mut(&parent) {
                 l.names.insert(to.file_name().to_string());
             }
+        }
+    }
+
+    /// Keeps `mtime` for `path` for the session (the API cannot set it), while the remote
+    /// object stays `base` (its size and remote mtime now; `None`: as the remote shows it
+    /// next, for directories whose cached mtime may be our own estimate).
+    pub fn keep_mtime(
+        &self,
+        path: &RemotePath,
+        mtime: SystemTime,
+        base: Option<(u64, SystemTime)>,
+    ) {
+        let mut inner = self.inner.lock();
+        // Set again: the remote object is still the one first kept.
+        let base = inner.kept.get(path).map_or(base, |k| k.base);
+        inner.kept.insert(path.clone(), KeptMtime { mtime, base });
+        if let Some(e) = inner.attrs.get_mut(path) {
+            e.attr.stat.mtime = mtime;
+        }
+    }
+
+    /// Our own delayed changes inside `dir` reached the remote (its remote mtime moved on
+    /// because of them): a kept mtime of `dir` adopts the next remote answer.
+    pub fn own_changes_landed(&self, dir: &RemotePath) {
+        if let Some(k) = self.inner.lock().kept.get_mut(dir) {
+            k.base = None;
         }
     }
 
@@ -437,7 +522,7 @@ mod tests {
             stat: stat(FileKind::File, 3),
             link_target: None,
         };
-        c.put_listing(&p("/d"), &[e]);
+        c.put_listing(&p("/d"), &mut [e]);
         assert!(matches!(c.lookup(&p("/d/a")), Lookup::Found(_)));
         assert_eq!(c.lookup(&p("/d/b")), Lookup::Absent);
         assert_eq!(c.listing(&p("/d")).unwrap().len(), 1);
@@ -461,7 +546,7 @@ mod tests {
     fn rename_moves_subtree_and_updates_listings() {
         let clock = ManualClock::new();
         let c = cache(&clock);
-        c.put_listing(&p("/"), &[]);
+        c.put_listing(&p("/"), &mut []);
         c.put_attr(&p("/a"), stat(FileKind::Dir, 0), None);
         c.put_attr(&p("/a/f"), stat(FileKind::File, 1), None);
         c.rename(&p("/a"), &p("/b"));

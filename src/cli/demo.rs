@@ -165,7 +165,7 @@ Things to try:
     ls -l                         # one `ls` call per directory, however many files
     cat notes/todo.txt
     head -3 data/measurements.csv # 10 MB: staged by a transfer job, read in ranges
-    echo 'hello' > notes/hello.txt  # uploaded when the file is closed
+    echo 'hello' > notes/hello.txt  # on the server 2 s after close (write-back delay)
     cp -r code code-copy && rm -r code-copy
     vim notes/todo.txt            # editors' save-by-rename works
 

@@ -60,10 +60,11 @@ pub struct MountArgs {
     /// Directory listing TTL in seconds.
     #[arg(long)]
     pub dir_ttl: Option<f64>,
-    /// Write-back staging directory (default ~/.cache/f7tfs/staging).
+    /// Write-back staging directory (default ~/.cache/f7tfs/staging/SYSTEM-PATH-HASH, one per
+    /// remote).
     #[arg(long)]
     pub staging_dir: Option<PathBuf>,
-    /// Content cache directory (default ~/.cache/f7tfs/content).
+    /// Content cache directory (default ~/.cache/f7tfs/content/SYSTEM-PATH-HASH, one per remote).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Bound of the content cache, e.g. 10G, 500M.
@@ -475,7 +476,7 @@ impl MountArgs {
     fn prepare(&mut self) -> Result<(String, MountConfig), String> {
         self.resolve_profile()?;
         let source = self.source.clone().ok_or(
-            "nothing to mount: give SYSTEM:/remote/path (or `remote = ...` in a profile, see              --profile)",
+            "nothing to mount: give SYSTEM:/remote/path (or `remote = ...` in a profile, see --profile)",
         )?;
         let (system, root) = source.split_once(':').ok_or_else(|| {
             format!("{source:?} is not SYSTEM:/remote/path (e.g. daint:/scratch/me)")
@@ -509,9 +510,14 @@ impl MountArgs {
 
     fn configs(&mut self) -> Result<(RemoteConfig, MountConfig), String> {
         let (system, mut mount) = self.prepare()?;
-        mount.mountpoint = self.mountpoint.clone().ok_or(
+        let mountpoint = self.mountpoint.clone().ok_or(
             "no mount point: give MOUNTPOINT (or `mountpoint = ...` in a profile, see --profile)",
         )?;
+        // Absolute, so that /proc/mounts, messages, log names and status agree on it.
+        mount.mountpoint = mountpoint
+            .canonicalize()
+            .or_else(|_| std::path::absolute(&mountpoint))
+            .unwrap_or(mountpoint);
         if let Some(v) = self.attr_ttl {
             mount.cache.attr_ttl = secs(v, "--attr-ttl")?;
         }
@@ -527,12 +533,17 @@ impl MountArgs {
         if let Some(v) = self.dir_ttl {
             mount.cache.dir_ttl = secs(v, "--dir-ttl")?;
         }
-        if let Some(d) = self.staging_dir.clone() {
-            mount.staging.dir = d;
-        }
-        if let Some(d) = self.cache_dir.clone() {
-            mount.cache.cache_dir = d;
-        }
+        // By default each remote gets its own staging and content directories, so mounts of
+        // different remotes (profiles) run side by side.
+        let key = crate::config::remote_key(&system, &mount.remote_root);
+        mount.staging.dir = self
+            .staging_dir
+            .clone()
+            .unwrap_or_else(|| mount.staging.dir.join(&key));
+        mount.cache.cache_dir = self
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| mount.cache.cache_dir.join(&key));
         if let Some(s) = &self.cache_max_size {
             mount.cache.cache_max_size = parse_size(s)?;
         }

@@ -6,13 +6,14 @@
 //! by the mount must still be absent); otherwise it is refused unless `--force`. The data is
 //! removed from staging only once the remote confirmed it at the staged size.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use clap::Parser;
 
 use crate::config::RemoteConfig;
+use crate::mount::REMOTE_FILE;
 use crate::remote::v2::V2Client;
 use crate::remote::{RemoteError, RemoteFs, RemotePath, Stat};
 use crate::staging::{in_use, list_manifests, BaseVersion, Leftover, StagingArea};
@@ -26,7 +27,8 @@ const MTIME_SLACK_SECS: i64 = 2;
 pub struct RecoverArgs {
     /// System the staged files belong to (needed to upload; without it they are listed).
     pub system: Option<String>,
-    /// Staging directory of the mount (default ~/.cache/f7tfs/staging).
+    /// Staging directory of the mount (default: every remote's own under ~/.cache/f7tfs/staging/,
+    /// only SYSTEM's when it is given).
     #[arg(long)]
     pub staging_dir: Option<PathBuf>,
     /// Only list the staged writes.
@@ -216,48 +218,125 @@ pub async fn recover_one<R: RemoteFs>(remote: &R, l: &Leftover, force: bool) -> 
     Outcome::Uploaded
 }
 
+/// The staging dirs `recover` looks at: the one given, else every remote's own directory
+/// under the default base (for `SYSTEM`, only that system's) and the base itself (where
+/// earlier versions and explicit settings kept staged files).
+fn staging_dirs(args: &RecoverArgs) -> Vec<PathBuf> {
+    if let Some(d) = &args.staging_dir {
+        return vec![d.clone()];
+    }
+    let base = crate::config::StagingConfig::default().dir;
+    let mut dirs = vec![base.clone()];
+    // A remote's own dir names its remote in `.remote` (SYSTEM:/path); for SYSTEM, only
+    // that system's dirs (and those that name none).
+    let belongs = |dir: &Path| match (&args.system, std::fs::read_to_string(dir.join(REMOTE_FILE)))
+    {
+        (Some(system), Ok(remote)) => remote.split_once(':').is_some_and(|(s, _)| s == system),
+        _ => true,
+    };
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        let mut subs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .filter(|d| belongs(d))
+            .collect();
+        subs.sort();
+        dirs.extend(subs);
+    }
+    dirs
+}
+
 /// Runs `f7tfs recover`.
 pub fn run(args: RecoverArgs) -> Result<(), String> {
     crate::logging::init();
-    let dir = args
-        .staging_dir
-        .clone()
-        .unwrap_or_else(|| crate::config::StagingConfig::default().dir);
-    if !dir.is_dir() {
-        println!("nothing to recover: {} does not exist", dir.display());
-        return Ok(());
-    }
+    let dirs: Vec<PathBuf> = staging_dirs(&args)
+        .into_iter()
+        .filter(|d| d.is_dir())
+        .collect();
     let listing = args.list || args.system.is_none() && !args.discard;
-    if listing {
-        // Read only: fine next to a live mount.
-        let found = list_manifests(&dir)
-            .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
-        if found.is_empty() {
-            println!("nothing to recover in {}", dir.display());
-            return Ok(());
+    let mut found_any = false;
+    let mut client = None;
+    let mut kept = 0;
+    for dir in &dirs {
+        if listing {
+            found_any |= list_dir(dir, args.list)?;
+        } else {
+            let (found, not_sent) = recover_dir(&args, dir, &mut client)?;
+            found_any |= found;
+            kept += not_sent;
         }
-        println!("{} staged write(s) in {}:", found.len(), dir.display());
-        for l in &found {
-            println!("  {}", describe(l));
-        }
-        if in_use(&dir) {
-            println!("a running mount uses this staging dir: it sends its own files");
-        } else if !args.list {
-            println!(
-                "upload them with `f7tfs recover SYSTEM`, or delete them with \
-                 `f7tfs recover --discard`"
-            );
-        }
-        return Ok(());
     }
-    // Uploading or discarding takes the staging dir's lock: never behind a live mount.
-    let area = StagingArea::new(&dir).map_err(|e| e.to_string())?;
+    if !found_any {
+        let where_ = match &args.staging_dir {
+            Some(d) => d.display().to_string(),
+            None => crate::config::StagingConfig::default()
+                .dir
+                .display()
+                .to_string(),
+        };
+        println!("nothing to recover in {where_}");
+    }
+    if let Some((rt, _)) = client {
+        rt.shutdown_timeout(Duration::from_secs(2));
+    }
+    if kept > 0 {
+        return Err(format!(
+            "{kept} staged write(s) were not uploaded and stay in the staging dir"
+        ));
+    }
+    Ok(())
+}
+
+/// Prints the staged writes of `dir` (read only: fine next to a live mount); true when there
+/// were any.
+fn list_dir(dir: &Path, list_only: bool) -> Result<bool, String> {
+    let found = list_manifests(dir)
+        .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
+    if found.is_empty() {
+        return Ok(false);
+    }
+    println!("{} staged write(s) in {}:", found.len(), dir.display());
+    for l in &found {
+        println!("  {}", describe(l));
+    }
+    if in_use(dir) {
+        println!("a running mount uses this staging dir: it sends its own files");
+    } else if !list_only {
+        println!(
+            "upload them with `f7tfs recover SYSTEM`, or delete them with \
+             `f7tfs recover --discard`"
+        );
+    }
+    Ok(true)
+}
+
+/// A runtime and a connected client, made on first need.
+type Client = Option<(tokio::runtime::Runtime, V2Client)>;
+
+/// Uploads (or discards) the staged writes of `dir`; (whether there were any, how many were
+/// not sent). Takes the dir's lock: never behind a live mount.
+fn recover_dir(
+    args: &RecoverArgs,
+    dir: &Path,
+    client: &mut Client,
+) -> Result<(bool, usize), String> {
+    if list_manifests(dir).is_ok_and(|l| l.is_empty()) {
+        return Ok((false, 0));
+    }
+    if in_use(dir) {
+        println!(
+            "skipped {}: a running mount uses it and sends its own files",
+            dir.display()
+        );
+        return Ok((true, 0));
+    }
+    let area = StagingArea::new(dir).map_err(|e| e.to_string())?;
     let leftovers = area
         .leftovers()
         .map_err(|e| format!("cannot read the staging dir {}: {e}", dir.display()))?;
     if leftovers.is_empty() {
-        println!("nothing to recover in {}", dir.display());
-        return Ok(());
+        return Ok((false, 0));
     }
     if args.discard {
         for l in &leftovers {
@@ -265,23 +344,29 @@ pub fn run(args: RecoverArgs) -> Result<(), String> {
             let _ = std::fs::remove_file(&l.data_path);
             println!("discarded {}", l.manifest.remote_path);
         }
-        return Ok(());
+        return Ok((true, 0));
     }
     let Some(system) = args.system.clone() else {
         return Err("name the SYSTEM to upload to".into());
     };
-    let cfg = remote_config(&args, &system)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let client = rt
-        .block_on(V2Client::connect(&cfg))
-        .map_err(|e| format!("cannot connect to {} (system {system}): {e}", cfg.url))?;
+    if client.is_none() {
+        let cfg = remote_config(args, &system)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let c = rt
+            .block_on(V2Client::connect(&cfg))
+            .map_err(|e| format!("cannot connect to {} (system {system}): {e}", cfg.url))?;
+        *client = Some((rt, c));
+    }
+    let Some((rt, client)) = client.as_ref() else {
+        return Err("no client".into());
+    };
     let mut kept = 0;
     for l in &leftovers {
-        let outcome = rt.block_on(recover_one(&client, l, args.force));
+        let outcome = rt.block_on(recover_one(client, l, args.force));
         match &outcome {
             Outcome::Uploaded => println!("uploaded {}", l.manifest.remote_path),
             Outcome::Conflict(why) => {
@@ -302,12 +387,5 @@ pub fn run(args: RecoverArgs) -> Result<(), String> {
             }
         }
     }
-    rt.shutdown_timeout(Duration::from_secs(2));
-    if kept > 0 {
-        return Err(format!(
-            "{kept} staged write(s) were not uploaded and stay in {}",
-            dir.display()
-        ));
-    }
-    Ok(())
+    Ok((true, kept))
 }

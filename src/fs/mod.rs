@@ -423,7 +423,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 // The hidden archives of batched reads and archive uploads are ours, and
                 // short-lived: a listing never shows them.
                 entries.retain(|e| !read::is_archive_name(&e.name));
-                self.cache.put_listing(dir, &entries);
+                self.cache.put_listing(dir, &mut entries);
                 self.misses.lock().remove(dir);
                 Ok(entries)
             }
@@ -468,8 +468,7 @@ impl<R: RemoteFs> Filesystem<R> {
         match result {
             Ok(stat) => {
                 self.note_remote(None);
-                self.cache.put_attr(path, stat.clone(), None);
-                Ok(stat)
+                Ok(self.cache.put_attr(path, stat, None))
             }
             Err(RemoteError::NotFound(m)) => {
                 self.note_remote(None);
@@ -677,7 +676,7 @@ impl<R: RemoteFs> Filesystem<R> {
             stat = self.remote.chmod(&path, want).await?;
         }
         self.cache.put_attr(&path, stat.clone(), None);
-        self.cache.put_listing(&path, &[]);
+        self.cache.put_listing(&path, &mut []);
         self.parent_changed(&path, 1);
         Ok(self.entry(&path, &stat))
     }

@@ -175,9 +175,11 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         if mtime_changes {
-            // Directories, symlinks and large files: the API cannot set the time; keep it
-            // for this session (until the attribute TTL runs out).
+            // Directories, symlinks and large files: the API cannot set the time; it is kept
+            // for this session while the remote object stays as it is.
             if let Some(t) = mtime {
+                let base = (stat.kind != FileKind::Dir).then_some((stat.size, stat.mtime));
+                self.cache.keep_mtime(path, t, base);
                 stat.mtime = t;
             }
         }

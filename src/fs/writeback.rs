@@ -219,6 +219,7 @@ impl<R: RemoteFs> Filesystem<R> {
         let result = self.remote.put_archive(dir, members).instrument(span).await;
         match result {
             Ok(()) => {
+                self.cache.own_changes_landed(dir);
                 for (i, m, size, mtime, perm, data) in included {
                     if let Some(sf) = guards[i].as_ref() {
                         let _ = sf.mark_clean();
@@ -282,6 +283,9 @@ impl<R: RemoteFs> Filesystem<R> {
         let span = tracing::info_span!("upload", path = %m.path, size);
         match self.send(&m, sf, size).instrument(span).await {
             Ok(stat) => {
+                if let Some(dir) = m.path.parent() {
+                    self.cache.own_changes_landed(&dir);
+                }
                 sf.mark_clean()?;
                 {
                     let mut mm = file.meta.lock();
@@ -405,8 +409,12 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         if let Some(t) = m.pending_mtime {
-            // Large file: the API cannot set its mtime; kept for this session only.
-            stat.mtime = whole_seconds(t);
+            // Large file: the API cannot set its mtime; kept for this session, while the
+            // remote file stays the one just uploaded.
+            let t = whole_seconds(t);
+            self.cache
+                .keep_mtime(&m.path, t, Some((stat.size, stat.mtime)));
+            stat.mtime = t;
         }
         Ok(stat)
     }
