@@ -324,7 +324,9 @@ fn recover_dir(
     if list_manifests(dir).is_ok_and(|l| l.is_empty()) {
         return Ok((false, 0));
     }
-    if in_use(dir) {
+    // Walking every remote's dir: one in use is skipped; a dir named with --staging-dir is
+    // refused below with the reason.
+    if args.staging_dir.is_none() && in_use(dir) {
         println!(
             "skipped {}: a running mount uses it and sends its own files",
             dir.display()
