@@ -44,6 +44,19 @@ impl Guard {
         }
     }
 
+    /// `fusermount3 -u` of the mount, then waits for the daemon (its printed pid) to exit.
+    fn unmount_and_wait(&mut self) {
+        assert!(Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mp)
+            .status()
+            .unwrap()
+            .success());
+        let pid = self.pid.expect("pid printed");
+        wait_until("the daemon to exit", 30, || !pid_alive(pid));
+        self.pid = None;
+    }
+
     /// Waits up to `secs` for the child to exit by itself.
     fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -537,15 +550,7 @@ fn background_mount_returns_only_once_live_and_logs_to_the_file() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("already a mount point"));
 
-    assert!(Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mp)
-        .status()
-        .unwrap()
-        .success());
-    let pid = guard.pid.expect("pid printed");
-    wait_until("the daemon to exit", 30, || !pid_alive(pid));
-    guard.pid = None;
+    guard.unmount_and_wait();
     assert!(std::fs::read_to_string(&log).unwrap().contains("unmounted"));
 }
 
@@ -613,15 +618,7 @@ fn two_remotes_mount_side_by_side_with_default_directories() {
     let listed = f7tfs(&["recover"], None, &env);
     assert!(text(&listed.stdout).contains("nothing to recover"));
     for g in &mut guards {
-        assert!(Command::new("fusermount3")
-            .arg("-u")
-            .arg(&g.mp)
-            .status()
-            .unwrap()
-            .success());
-        let pid = g.pid.expect("pid printed");
-        wait_until("the daemon to exit", 30, || !pid_alive(pid));
-        g.pid = None;
+        g.unmount_and_wait();
     }
 }
 
@@ -735,15 +732,7 @@ fn a_stale_mount_of_a_killed_daemon_is_cleared_by_the_next_mount() {
     guard.pid = printed_pid(&stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(std::fs::read_to_string(mp.join("s.txt")).unwrap(), "S");
-    assert!(Command::new("fusermount3")
-        .arg("-u")
-        .arg(&mp)
-        .status()
-        .unwrap()
-        .success());
-    let pid = guard.pid.expect("pid printed");
-    wait_until("the daemon to exit", 30, || !pid_alive(pid));
-    guard.pid = None;
+    guard.unmount_and_wait();
 }
 
 #[test]
