@@ -190,9 +190,10 @@ async fn probe_v1(http: &HttpClient, url: &str) -> RemoteError {
         .await
     {
         Ok(r) if detect::looks_like_v1_parameters(&r.body) => detect::v1_unsupported(url),
-        _ => RemoteError::NotFound(format!(
-            "{url}/status/systems does not exist: is this a FirecREST v2 URL? (e.g. \
-             https://api.cscs.ch/hpc/firecrest/v2)"
+        // A configuration mistake, told as such (not as a missing remote path).
+        _ => RemoteError::InvalidArgument(format!(
+            "{url} is not a FirecREST v2 API ({url}/status/systems does not exist): check \
+             FIRECREST_URL (e.g. https://api.cscs.ch/hpc/firecrest/v2)"
         )),
     }
 }
