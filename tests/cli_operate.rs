@@ -826,6 +826,14 @@ fn readme_documents_every_option_and_the_two_commands() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/run")).unwrap();
     assert!(readme.contains("sudo .ci/install && cargo test"));
     assert!(ci.contains(".ci/install") && ci.contains("cargo test"));
+    // `cargo run -- demo` needs to know which of the two binaries to run.
+    assert!(readme.contains("cargo run -- demo"));
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("default-run = \"f7tfs\""),
+        "Cargo.toml has a second binary: `cargo run` needs default-run = \"f7tfs\""
+    );
     for heading in [
         "## f7tfs serve",
         "## Large files",
