@@ -4,12 +4,11 @@
 //! `--write` by creating and removing a small probe file), and the latency of one call.
 //! Exit codes: 0 usable, 1 not reachable or not usable, 2 configuration or credentials wrong.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::mount::MountArgs;
+use super::mount::{ConnectionArgs, MountArgs};
 use crate::config::RemoteConfig;
 use crate::remote::v2::V2Client;
 use crate::remote::{FileKind, RemoteError, RemoteFs, RemotePath, Stat};
@@ -43,33 +42,8 @@ pub struct CheckArgs {
     /// Also test writing: create a small hidden file in the directory and remove it again.
     #[arg(long)]
     pub write: bool,
-    /// Profile of the configuration file (default: the profile named like SYSTEM, if any).
-    #[arg(long, env = "F7TFS_PROFILE")]
-    pub profile: Option<String>,
-    /// Configuration file [default: ~/.config/f7tfs/config.toml, then /etc/f7tfs/config.toml].
-    #[arg(long, env = "F7TFS_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// FirecREST base URL.
-    #[arg(long, env = "FIRECREST_URL")]
-    pub url: Option<String>,
-    /// OIDC client id.
-    #[arg(long, env = "FIRECREST_CLIENT_ID")]
-    pub client_id: Option<String>,
-    /// File holding the OIDC client secret (else $FIRECREST_CLIENT_SECRET).
-    #[arg(long)]
-    pub client_secret_file: Option<PathBuf>,
-    /// OIDC token endpoint.
-    #[arg(long, env = "AUTH_TOKEN_URL")]
-    pub token_url: Option<String>,
-    /// A command printing an access token (instead of client credentials).
-    #[arg(long, env = "FIRECREST_TOKEN_COMMAND")]
-    pub token_command: Option<String>,
-    /// A file holding an access token (instead of client credentials).
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// FirecREST API version (only v2 is implemented).
-    #[arg(long)]
-    pub api_version: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
     /// Mount options as for f7tfs mount (e.g. profile=NAME, remote_timezone=TZ).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -79,15 +53,7 @@ impl CheckArgs {
     fn into_mount_args(self) -> MountArgs {
         MountArgs {
             source: self.source,
-            profile: self.profile,
-            config: self.config,
-            url: self.url,
-            client_id: self.client_id,
-            client_secret_file: self.client_secret_file,
-            token_url: self.token_url,
-            token_command: self.token_command,
-            token_file: self.token_file,
-            api_version: self.api_version,
+            conn: self.conn,
             options: self.options,
             // One call's latency is the point: no client-side rate limit in the way.
             rate_limit: Some(0),

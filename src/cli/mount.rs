@@ -29,14 +29,6 @@ pub struct MountArgs {
     /// ~/.cache/f7tfs/logs/.
     #[arg(short = 'f', long)]
     pub foreground: bool,
-    /// Profile of the configuration file to use (also -o profile=NAME). Default: the profile
-    /// named like SYSTEM, if there is one.
-    #[arg(long, env = "F7TFS_PROFILE")]
-    pub profile: Option<String>,
-    /// Configuration file (also -o config=FILE) [default: ~/.config/f7tfs/config.toml, then
-    /// /etc/f7tfs/config.toml].
-    #[arg(long, env = "F7TFS_CONFIG")]
-    pub config: Option<PathBuf>,
     /// Write the log to this file (appending) instead of stderr (also -o log_file=FILE).
     #[arg(long)]
     pub log_file: Option<PathBuf>,
@@ -95,6 +87,22 @@ pub struct MountArgs {
     /// with EIO (default 120; also bounds each HTTP request).
     #[arg(long)]
     pub timeout: Option<f64>,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
+}
+
+/// How to reach FirecREST and authenticate: the flags `mount`, `check` and `recover` share.
+/// Unset ones come from the environment, then from the profile.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ConnectionArgs {
+    /// Profile of the configuration file to use (mount: also -o profile=NAME). Default: the
+    /// profile named like SYSTEM, if there is one.
+    #[arg(long, env = "F7TFS_PROFILE")]
+    pub profile: Option<String>,
+    /// Configuration file (mount: also -o config=FILE) [default: ~/.config/f7tfs/config.toml,
+    /// then /etc/f7tfs/config.toml].
+    #[arg(long, env = "F7TFS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// FirecREST API version (only v2 is implemented).
     #[arg(long)]
     pub api_version: Option<String>,
@@ -226,8 +234,8 @@ impl MountArgs {
                 "remote_timezone" if self.remote_timezone.is_none() => {
                     self.remote_timezone = Some(need(val)?.to_string())
                 }
-                "api_version" if self.api_version.is_none() => {
-                    self.api_version = Some(need(val)?.to_string())
+                "api_version" if self.conn.api_version.is_none() => {
+                    self.conn.api_version = Some(need(val)?.to_string())
                 }
                 "writeback_delay" if self.writeback_delay.is_none() => {
                     mount.writeback_delay = parse_secs(need(val)?, key)?
@@ -325,22 +333,33 @@ impl MountArgs {
     }
 
     fn credentials(&self) -> Result<Credentials, String> {
-        if let Some(cmd) = self.token_command.clone().filter(|c| !c.trim().is_empty()) {
+        if let Some(cmd) = self
+            .conn
+            .token_command
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+        {
             return Ok(Credentials::TokenCommand(cmd));
         }
-        if let Some(file) = self.token_file.clone() {
+        if let Some(file) = self.conn.token_file.clone() {
             return Ok(Credentials::TokenFile(file));
         }
-        let client_id = self.client_id.clone().filter(|s| !s.is_empty()).ok_or(
+        let client_id = self
+            .conn
+            .client_id
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or(
             "no credentials: set FIRECREST_CLIENT_ID, FIRECREST_CLIENT_SECRET and AUTH_TOKEN_URL \
              (or FIRECREST_TOKEN_COMMAND)",
         )?;
         let token_url = self
+            .conn
             .token_url
             .clone()
             .filter(|s| !s.is_empty())
             .ok_or("no token endpoint: set AUTH_TOKEN_URL (or --token-url)")?;
-        let client_secret = match &self.client_secret_file {
+        let client_secret = match &self.conn.client_secret_file {
             Some(path) => {
                 let (secret, warning) = crate::remote::auth::read_secret_file(path)?;
                 if let Some(w) = warning {
@@ -370,17 +389,17 @@ impl MountArgs {
         for opt in std::mem::take(&mut self.options) {
             match opt.trim().split_once('=') {
                 Some(("profile", v)) => {
-                    self.profile.get_or_insert(v.to_string());
+                    self.conn.profile.get_or_insert(v.to_string());
                 }
                 Some(("config", v)) => {
-                    self.config.get_or_insert(PathBuf::from(v));
+                    self.conn.config.get_or_insert(PathBuf::from(v));
                 }
                 _ => rest.push(opt),
             }
         }
         self.options = rest;
-        let explicit = self.profile.clone().filter(|p| !p.is_empty());
-        let file = profile::config_path(self.config.as_deref());
+        let explicit = self.conn.profile.clone().filter(|p| !p.is_empty());
+        let file = profile::config_path(self.conn.config.as_deref());
         let (file, name) = match (file, explicit) {
             (Some(file), Some(name)) => {
                 if !file.exists() {
@@ -433,20 +452,21 @@ impl MountArgs {
                 *slot = value;
             }
         }
-        let cli_credentials =
-            self.client_id.is_some() || self.token_command.is_some() || self.token_file.is_some();
-        fill(&mut self.url, p.url);
-        fill(&mut self.token_url, p.token_url);
+        let cli_credentials = self.conn.client_id.is_some()
+            || self.conn.token_command.is_some()
+            || self.conn.token_file.is_some();
+        fill(&mut self.conn.url, p.url);
+        fill(&mut self.conn.token_url, p.token_url);
         if !cli_credentials {
-            fill(&mut self.client_id, p.client_id);
-            fill(&mut self.token_command, p.token_command);
-            fill(&mut self.token_file, p.token_file);
+            fill(&mut self.conn.client_id, p.client_id);
+            fill(&mut self.conn.token_command, p.token_command);
+            fill(&mut self.conn.token_file, p.token_file);
         }
         // The environment's secret beats the profile's secret file.
         if std::env::var_os("FIRECREST_CLIENT_SECRET").is_none() {
-            fill(&mut self.client_secret_file, p.client_secret_file);
+            fill(&mut self.conn.client_secret_file, p.client_secret_file);
         }
-        fill(&mut self.api_version, p.api_version);
+        fill(&mut self.conn.api_version, p.api_version);
         fill(&mut self.log_file, p.log_file);
         fill(&mut self.mountpoint, p.mountpoint);
         let system = p.system.or_else(|| {
@@ -556,12 +576,13 @@ impl MountArgs {
 
     fn remote_config(&self, system: &str) -> Result<RemoteConfig, String> {
         let url = self
+            .conn
             .url
             .clone()
             .filter(|u| !u.is_empty())
             .ok_or("no FirecREST URL: set FIRECREST_URL (or --url, or url in a profile)")?;
         let mut remote = RemoteConfig::new(url, system, self.credentials()?);
-        remote.api_version = match self.api_version.as_deref() {
+        remote.api_version = match self.conn.api_version.as_deref() {
             None | Some("") | Some("auto") => None,
             Some("v2") | Some("2") => Some(ApiVersion::V2),
             Some("v1") | Some("1") => Some(ApiVersion::V1),

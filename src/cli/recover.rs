@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use clap::Parser;
 
+use super::mount::{ConnectionArgs, MountArgs};
 use crate::config::RemoteConfig;
 use crate::mount::REMOTE_FILE;
 use crate::remote::v2::V2Client;
@@ -40,24 +40,8 @@ pub struct RecoverArgs {
     /// Upload even when the remote file changed since the write began.
     #[arg(long)]
     pub force: bool,
-    /// FirecREST base URL.
-    #[arg(long, env = "FIRECREST_URL")]
-    pub url: Option<String>,
-    /// OIDC client id.
-    #[arg(long, env = "FIRECREST_CLIENT_ID")]
-    pub client_id: Option<String>,
-    /// File holding the OIDC client secret (else $FIRECREST_CLIENT_SECRET).
-    #[arg(long)]
-    pub client_secret_file: Option<PathBuf>,
-    /// OIDC token endpoint.
-    #[arg(long, env = "AUTH_TOKEN_URL")]
-    pub token_url: Option<String>,
-    /// A command printing an access token (instead of client credentials).
-    #[arg(long, env = "FIRECREST_TOKEN_COMMAND")]
-    pub token_command: Option<String>,
-    /// A file holding an access token (instead of client credentials).
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub conn: ConnectionArgs,
 }
 
 /// What `recover` did with one staged write.
@@ -71,39 +55,16 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// The connection settings of these arguments, through `f7tfs mount`'s own parsing (same
-/// environment variables, same config handling).
+/// The connection settings of these arguments, resolved as `f7tfs mount` resolves them
+/// (environment, then the profile named like SYSTEM or given with --profile).
 fn remote_config(args: &RecoverArgs, system: &str) -> Result<RemoteConfig, String> {
-    #[derive(Parser)]
-    struct P {
-        #[command(flatten)]
-        m: super::mount::MountArgs,
-    }
-    let mut argv: Vec<std::ffi::OsString> = vec![
-        "f7tfs-recover".into(),
-        format!("{system}:/").into(),
-        "/".into(),
-    ];
-    let mut flag = |name: &str, v: Option<std::ffi::OsString>| {
-        if let Some(v) = v {
-            argv.push(name.into());
-            argv.push(v);
-        }
+    let mount = MountArgs {
+        source: Some(format!("{system}:/")),
+        mountpoint: Some(PathBuf::from("/")),
+        conn: args.conn.clone(),
+        ..MountArgs::default()
     };
-    flag("--url", args.url.clone().map(Into::into));
-    flag("--client-id", args.client_id.clone().map(Into::into));
-    flag(
-        "--client-secret-file",
-        args.client_secret_file.clone().map(Into::into),
-    );
-    flag("--token-url", args.token_url.clone().map(Into::into));
-    flag(
-        "--token-command",
-        args.token_command.clone().map(Into::into),
-    );
-    flag("--token-file", args.token_file.clone().map(Into::into));
-    let parsed = P::try_parse_from(argv).map_err(|e| e.to_string())?;
-    Ok(parsed.m.into_configs()?.0)
+    Ok(mount.into_configs()?.0)
 }
 
 fn describe(l: &Leftover) -> String {
