@@ -119,6 +119,28 @@ pub struct Unsent {
 }
 
 type Flight<T> = Shared<BoxFuture<'static, RemoteResult<T>>>;
+type Flights<T> = Mutex<HashMap<RemotePath, Flight<T>>>;
+
+/// Runs `call` for `key` unless an identical call is in flight, in which case its result is
+/// shared: a burst of lookups of one path costs one remote call.
+async fn single_flight<T: Clone + Send + Sync + 'static>(
+    flights: &Flights<T>,
+    key: &RemotePath,
+    call: impl FnOnce() -> BoxFuture<'static, RemoteResult<T>>,
+) -> RemoteResult<T> {
+    let flight = flights
+        .lock()
+        .entry(key.clone())
+        .or_insert_with(|| call().shared())
+        .clone();
+    let result = flight.clone().await;
+    let mut flights = flights.lock();
+    // Only the flight just joined leaves: a newer one for the same key stays shared.
+    if flights.get(key).is_some_and(|f| f.ptr_eq(&flight)) {
+        flights.remove(key);
+    }
+    result
+}
 
 /// The filesystem core over one remote.
 pub struct Filesystem<R: RemoteFs> {
@@ -130,8 +152,8 @@ pub struct Filesystem<R: RemoteFs> {
     inodes: inode::InodeTable,
     handles: HandleTable,
     files: Mutex<HashMap<InodeNo, Arc<OpenFile>>>,
-    list_flights: Mutex<HashMap<RemotePath, Flight<Vec<DirEntry>>>>,
-    stat_flights: Mutex<HashMap<RemotePath, Flight<Stat>>>,
+    list_flights: Flights<Vec<DirEntry>>,
+    stat_flights: Flights<Stat>,
     misses: Mutex<HashMap<RemotePath, u32>>,
     staged_objects: Mutex<HashMap<(RemotePath, u64, SystemTime), crate::remote::StagedObject>>,
     opened_versions: Mutex<HashMap<InodeNo, (u64, SystemTime)>>,
@@ -402,21 +424,11 @@ impl<R: RemoteFs> Filesystem<R> {
                 return Ok(entries);
             }
         }
-        let flight = {
-            let mut flights = self.list_flights.lock();
-            match flights.get(dir) {
-                Some(f) => f.clone(),
-                None => {
-                    let remote = self.remote.clone();
-                    let d = dir.clone();
-                    let f = async move { remote.list(&d).await }.boxed().shared();
-                    flights.insert(dir.clone(), f.clone());
-                    f
-                }
-            }
-        };
-        let result = flight.await;
-        self.list_flights.lock().remove(dir);
+        let result = single_flight(&self.list_flights, dir, || {
+            let (remote, dir) = (self.remote.clone(), dir.clone());
+            async move { remote.list(&dir).await }.boxed()
+        })
+        .await;
         match result {
             Ok(mut entries) => {
                 self.note_remote(None);
@@ -450,21 +462,11 @@ impl<R: RemoteFs> Filesystem<R> {
                 return Ok(a.stat);
             }
         }
-        let flight = {
-            let mut flights = self.stat_flights.lock();
-            match flights.get(path) {
-                Some(f) => f.clone(),
-                None => {
-                    let remote = self.remote.clone();
-                    let p = path.clone();
-                    let f = async move { remote.stat(&p).await }.boxed().shared();
-                    flights.insert(path.clone(), f.clone());
-                    f
-                }
-            }
-        };
-        let result = flight.await;
-        self.stat_flights.lock().remove(path);
+        let result = single_flight(&self.stat_flights, path, || {
+            let (remote, path) = (self.remote.clone(), path.clone());
+            async move { remote.stat(&path).await }.boxed()
+        })
+        .await;
         match result {
             Ok(stat) => {
                 self.note_remote(None);
