@@ -21,8 +21,8 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use crate::error::FsError;
-use crate::fs::{Filesystem, Looked, SetAttr};
+use crate::error::{FsError, FsResult};
+use crate::fs::{Attr, Entry, Filesystem, Looked, SetAttr};
 use crate::remote::RemoteFs;
 
 /// The adapter handed to fuser.
@@ -73,6 +73,57 @@ fn fail(op: &str, err: FsError) -> i32 {
         tracing::warn!(op, "{err}");
     }
     err.errno()
+}
+
+/// A fuser reply answered with a core result: the value on success, the logged errno on
+/// failure. One place for the `match` every op would otherwise repeat.
+trait Answer<T> {
+    fn answer(self, op: &str, result: FsResult<T>);
+}
+
+impl Answer<Entry> for ReplyEntry {
+    fn answer(self, op: &str, result: FsResult<Entry>) {
+        match result {
+            Ok(e) => self.entry(&e.ttl, &e.attr, e.generation),
+            Err(e) => self.error(fail(op, e)),
+        }
+    }
+}
+
+impl Answer<Attr> for ReplyAttr {
+    fn answer(self, op: &str, result: FsResult<Attr>) {
+        match result {
+            Ok(a) => self.attr(&a.ttl, &a.attr),
+            Err(e) => self.error(fail(op, e)),
+        }
+    }
+}
+
+impl Answer<()> for ReplyEmpty {
+    fn answer(self, op: &str, result: FsResult<()>) {
+        match result {
+            Ok(()) => self.ok(),
+            Err(e) => self.error(fail(op, e)),
+        }
+    }
+}
+
+impl<D: AsRef<[u8]>> Answer<D> for ReplyData {
+    fn answer(self, op: &str, result: FsResult<D>) {
+        match result {
+            Ok(d) => self.data(d.as_ref()),
+            Err(e) => self.error(fail(op, e)),
+        }
+    }
+}
+
+impl Answer<u32> for ReplyWrite {
+    fn answer(self, op: &str, result: FsResult<u32>) {
+        match result {
+            Ok(n) => self.written(n),
+            Err(e) => self.error(fail(op, e)),
+        }
+    }
 }
 
 fn negative_attr() -> FileAttr {
@@ -131,10 +182,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         self.spawn("getattr", ino, |fs| async move {
-            match fs.getattr(ino).await {
-                Ok(a) => reply.attr(&a.ttl, &a.attr),
-                Err(e) => reply.error(fail("getattr", e)),
-            }
+            reply.answer("getattr", fs.getattr(ino).await)
         });
     }
 
@@ -166,19 +214,13 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
             fh,
         };
         self.spawn("setattr", ino, |fs| async move {
-            match fs.setattr(ino, req).await {
-                Ok(a) => reply.attr(&a.ttl, &a.attr),
-                Err(e) => reply.error(fail("setattr", e)),
-            }
+            reply.answer("setattr", fs.setattr(ino, req).await)
         });
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
         self.spawn("readlink", ino, |fs| async move {
-            match fs.readlink(ino).await {
-                Ok(t) => reply.data(t.as_bytes()),
-                Err(e) => reply.error(fail("readlink", e)),
-            }
+            reply.answer("readlink", fs.readlink(ino).await)
         });
     }
 
@@ -194,10 +236,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     ) {
         let name = name.to_owned();
         self.spawn("mknod", parent, |fs| async move {
-            match fs.mknod(parent, &name, mode, umask).await {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, e.generation),
-                Err(e) => reply.error(fail("mknod", e)),
-            }
+            reply.answer("mknod", fs.mknod(parent, &name, mode, umask).await)
         });
     }
 
@@ -212,30 +251,21 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     ) {
         let name = name.to_owned();
         self.spawn("mkdir", parent, |fs| async move {
-            match fs.mkdir(parent, &name, mode, umask).await {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, e.generation),
-                Err(e) => reply.error(fail("mkdir", e)),
-            }
+            reply.answer("mkdir", fs.mkdir(parent, &name, mode, umask).await)
         });
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn("unlink", parent, |fs| async move {
-            match fs.unlink(parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("unlink", e)),
-            }
+            reply.answer("unlink", fs.unlink(parent, &name).await)
         });
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let name = name.to_owned();
         self.spawn("rmdir", parent, |fs| async move {
-            match fs.rmdir(parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rmdir", e)),
-            }
+            reply.answer("rmdir", fs.rmdir(parent, &name).await)
         });
     }
 
@@ -249,10 +279,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     ) {
         let (name, target): (OsString, PathBuf) = (link_name.to_owned(), target.to_owned());
         self.spawn("symlink", parent, |fs| async move {
-            match fs.symlink(parent, &name, &target).await {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, e.generation),
-                Err(e) => reply.error(fail("symlink", e)),
-            }
+            reply.answer("symlink", fs.symlink(parent, &name, &target).await)
         });
     }
 
@@ -268,10 +295,10 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     ) {
         let (name, newname) = (name.to_owned(), newname.to_owned());
         self.spawn("rename", parent, |fs| async move {
-            match fs.rename(parent, &name, newparent, &newname, flags).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("rename", e)),
-            }
+            reply.answer(
+                "rename",
+                fs.rename(parent, &name, newparent, &newname, flags).await,
+            )
         });
     }
 
@@ -284,10 +311,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         reply: ReplyEntry,
     ) {
         self.spawn("link", ino, |fs| async move {
-            match fs.link().await {
-                Ok(e) => reply.entry(&e.ttl, &e.attr, e.generation),
-                Err(e) => reply.error(fail("link", e)),
-            }
+            reply.answer("link", fs.link().await)
         });
     }
 
@@ -321,10 +345,7 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         reply: ReplyData,
     ) {
         self.spawn("read", ino, |fs| async move {
-            match fs.read(fh, offset.max(0) as u64, size).await {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(fail("read", e)),
-            }
+            reply.answer("read", fs.read(fh, offset.max(0) as u64, size).await)
         });
     }
 
@@ -342,20 +363,14 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
     ) {
         let data = data.to_vec();
         self.spawn("write", ino, |fs| async move {
-            match fs.write(fh, offset.max(0) as u64, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(fail("write", e)),
-            }
+            reply.answer("write", fs.write(fh, offset.max(0) as u64, &data).await)
         });
     }
 
     fn flush(&mut self, req: &Request<'_>, ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
         let pid = req.pid();
         self.spawn("flush", ino, |fs| async move {
-            match fs.flush_by(fh, pid).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("flush", e)),
-            }
+            reply.answer("flush", fs.flush_by(fh, pid).await)
         });
     }
 
@@ -370,19 +385,13 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
         reply: ReplyEmpty,
     ) {
         self.spawn("release", ino, |fs| async move {
-            match fs.release(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("release", e)),
-            }
+            reply.answer("release", fs.release(fh).await)
         });
     }
 
     fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
         self.spawn("fsync", ino, |fs| async move {
-            match fs.fsync(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(fail("fsync", e)),
-            }
+            reply.answer("fsync", fs.fsync(fh).await)
         });
     }
 
