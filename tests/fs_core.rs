@@ -888,6 +888,44 @@ async fn appending_to_an_uncached_large_file_fetches_it_once_in_ranges() {
 }
 
 #[tokio::test]
+async fn a_same_size_rewrite_within_one_second_is_not_read_from_the_old_cache() {
+    // The remote's mtimes have whole seconds: a patch in place keeps the size and, within
+    // that second, the mtime. What the mount reads next must still be the patch.
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
+    let secs = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let mut within_one_second = false;
+    for round in 0..3u8 {
+        let start = secs();
+        let name = format!("big{round}");
+        let ino = write_new(&h, ROOT_INO, &name, &[1u8; 5000]).await;
+        assert!(
+            read_all(&h, ino).await == [1u8; 5000],
+            "cached after this read"
+        );
+        let o = h.fs.open(ino, libc::O_WRONLY).await.unwrap();
+        h.fs.write(o.fh, 100, b"PATCH").await.unwrap();
+        h.fs.release(o.fh).await.unwrap();
+        let mut want = vec![1u8; 5000];
+        want[100..105].copy_from_slice(b"PATCH");
+        assert!(r(&h).content(&path(&name)).unwrap() == want);
+        assert!(
+            read_all(&h, ino).await == want,
+            "the patch is read back, not the old cache"
+        );
+        if secs() == start {
+            within_one_second = true;
+            break;
+        }
+    }
+    assert!(within_one_second, "no round fell within one second");
+}
+
+#[tokio::test]
 async fn large_file_writes_use_the_staged_upload() {
     let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
     let big = vec![9u8; 5000];

@@ -251,6 +251,19 @@ impl ContentCache {
         Ok(kept.then_some(dest))
     }
 
+    /// Drops this version's entry (a same-size rewrite within the mtime's second looks like
+    /// the version cached before it).
+    pub fn forget(&self, path: &RemotePath, size: u64, mtime: SystemTime) {
+        let key = Self::key(path, size, mtime);
+        let mut index = self.index.lock();
+        let Some(old) = index.lru.pop(&key) else {
+            return;
+        };
+        index.used -= old.present.total();
+        drop(index);
+        self.remove_files(vec![old.file]);
+    }
+
     /// `len` bytes at `offset` of this version when they are all on disk (shorter at EOF).
     pub fn read_range(
         &self,

@@ -127,6 +127,13 @@ impl<R: RemoteFs> Filesystem<R> {
         size <= self.remote.capabilities().direct_download_limit
     }
 
+    /// Forgets what is cached of `path` at this version after our own write: the remote's
+    /// whole-second mtime may still name the version read before it when the size stayed.
+    pub(super) fn forget_version(&self, path: &RemotePath, size: u64, mtime: SystemTime) {
+        self.content.forget(path, size, mtime);
+        self.staged_objects.lock().retain(|(p, ..), _| p != path);
+    }
+
     /// A staged object for ranged reads of this version, reused while valid.
     pub(super) async fn staged_object(
         &self,

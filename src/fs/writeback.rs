@@ -298,10 +298,12 @@ impl<R: RemoteFs> Filesystem<R> {
                     mm.staged_size = Some(size);
                 }
                 self.cache.put_attr(&m.path, stat.clone(), None);
-                if self.is_small(size) {
-                    if let Ok(data) = sf.read_all() {
+                // The cache now holds this write's content, or nothing for this version.
+                match self.is_small(size).then(|| sf.read_all()) {
+                    Some(Ok(data)) => {
                         let _ = self.content.put(&m.path, size, stat.mtime, &data);
                     }
+                    _ => self.forget_version(&m.path, size, stat.mtime),
                 }
                 self.opened_versions.lock().remove(&file.ino);
                 Ok(())
