@@ -59,10 +59,31 @@ pub fn unpack_flat(tgz: &[u8], prefix: &str, max_total: u64) -> RemoteResult<Vec
             name: name.to_string(),
             content: Bytes::from(content),
             perm,
-            mtime: UNIX_EPOCH + Duration::from_secs(mtime),
+            mtime: from_tar_time(mtime),
         });
     }
     Ok(out)
+}
+
+/// A tar header time as the tar crate reads it: GNU tar writes times before 1970 in base-256
+/// two's complement, which arrives as the `u64` of the same bits.
+fn from_tar_time(raw: u64) -> SystemTime {
+    let secs = raw as i64;
+    let t = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    };
+    t.unwrap_or(UNIX_EPOCH)
+}
+
+/// The inverse of [`from_tar_time`] (whole seconds, rounded down).
+fn to_tar_time(t: SystemTime) -> u64 {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+    };
+    secs as u64
 }
 
 /// Packs `files` the way the server's `compress` does (members `prefix` + name): for tests
@@ -76,11 +97,7 @@ pub fn pack_flat(files: &[FetchedFile], prefix: &str) -> RemoteResult<Vec<u8>> {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(f.content.len() as u64);
         h.set_mode(f.perm);
-        h.set_mtime(
-            f.mtime
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        );
+        h.set_mtime(to_tar_time(f.mtime));
         b.append_data(&mut h, format!("./{prefix}{}", f.name), &f.content[..])
             .map_err(io)?;
     }
@@ -110,6 +127,33 @@ mod tests {
             Err(RemoteError::TooLarge(_))
         ));
         assert!(unpack_flat(&tgz, "e/", 100).is_err());
+    }
+
+    #[test]
+    fn times_before_1970_survive_gnu_tar_and_our_packing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("old"), b"x").unwrap();
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "1969-12-31 23:59:59 UTC"])
+            .arg(d.join("old"))
+            .status()
+            .unwrap();
+        assert!(touched.success());
+        let out = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(dir.path())
+            .args(["-czf", "-", "./d/old"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let got = unpack_flat(&out.stdout, "d/", 100).unwrap();
+        assert_eq!(got[0].mtime, UNIX_EPOCH - Duration::from_secs(1));
+        let mut old = file("a", b"y");
+        old.mtime = UNIX_EPOCH - Duration::from_secs(2_147_483_648);
+        let tgz = pack_flat(std::slice::from_ref(&old), "d/").unwrap();
+        assert_eq!(unpack_flat(&tgz, "d/", 100).unwrap(), vec![old]);
     }
 
     #[test]
