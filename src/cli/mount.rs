@@ -626,6 +626,16 @@ pub fn run(mut args: MountArgs) -> Result<(), String> {
     crate::mount::run(remote, mount)
 }
 
+/// What the daemon said to the user (its `f7tfs: ` lines) in its log since `start`.
+fn daemon_lines(log_path: &Path, start: u64) -> Vec<String> {
+    let all = std::fs::read(log_path).unwrap_or_default();
+    let text = String::from_utf8_lossy(all.get(start as usize..).unwrap_or_default());
+    text.lines()
+        .filter_map(|l| l.strip_prefix("f7tfs: "))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Without `-f`: runs this same command with `-f` in a new session, logging to `log_file` or
 /// `~/.cache/f7tfs/logs/`, and returns once the mount is live (or with the child's error).
 fn background(mount: &MountConfig, log_file: Option<&Path>) -> Result<(), String> {
@@ -677,6 +687,11 @@ fn background(mount: &MountConfig, log_file: Option<&Path>) -> Result<(), String
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         if crate::mount::is_mounted(&mount.mountpoint) {
+            // The daemon's notices for the user (staged writes of an earlier run) went to
+            // the log: repeat them here, where the user looks.
+            for notice in daemon_lines(&log_path, log_start) {
+                eprintln!("f7tfs: {notice}");
+            }
             eprintln!(
                 "f7tfs: mounted at {} (pid {}, log {})",
                 mount.mountpoint.display(),
@@ -686,19 +701,12 @@ fn background(mount: &MountConfig, log_file: Option<&Path>) -> Result<(), String
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let all = std::fs::read(&log_path).unwrap_or_default();
-            let text = String::from_utf8_lossy(all.get(log_start as usize..).unwrap_or_default());
-            let line = text
-                .lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("f7tfs: "))
-                .map(str::to_string)
-                .unwrap_or_else(|| {
-                    format!(
-                        "the mount daemon exited ({status}); see {}",
-                        log_path.display()
-                    )
-                });
+            let line = daemon_lines(&log_path, log_start).pop().unwrap_or_else(|| {
+                format!(
+                    "the mount daemon exited ({status}); see {}",
+                    log_path.display()
+                )
+            });
             return Err(line);
         }
         if std::time::Instant::now() > deadline {

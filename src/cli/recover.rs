@@ -262,7 +262,10 @@ fn list_dir(dir: &Path, list_only: bool) -> Result<bool, String> {
         println!("  {}", describe(l));
     }
     if in_use(dir) {
-        println!("a running mount uses this staging dir: it sends its own files");
+        println!(
+            "a running mount holds this staging dir: it sends the files it wrote; those of an \
+             earlier run wait until it is unmounted and `f7tfs recover SYSTEM` uploads them"
+        );
     } else if !list_only {
         println!(
             "upload them with `f7tfs recover SYSTEM`, or delete them with \
@@ -288,11 +291,13 @@ fn recover_dir(
     // Walking every remote's dir: one in use is skipped; a dir named with --staging-dir is
     // refused below with the reason.
     if args.staging_dir.is_none() && in_use(dir) {
+        let staged = list_manifests(dir).map_or(0, |l| l.len());
         println!(
-            "skipped {}: a running mount uses it and sends its own files",
+            "skipped {}: a running mount holds it (it sends the files it wrote; those of an \
+             earlier run wait): unmount it, then run `f7tfs recover` again",
             dir.display()
         );
-        return Ok((true, 0));
+        return Ok((true, staged));
     }
     let area = StagingArea::new(dir).map_err(|e| e.to_string())?;
     let leftovers = area
