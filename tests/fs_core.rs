@@ -926,6 +926,33 @@ async fn a_same_size_rewrite_within_one_second_is_not_read_from_the_old_cache() 
 }
 
 #[tokio::test]
+async fn rewriting_a_large_file_keeps_only_its_latest_version_cached() {
+    let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
+    let mut ino = 0;
+    for round in 1..=5u8 {
+        let data = vec![round; 4000 + round as usize];
+        let o = if round == 1 {
+            ino = write_new(&h, ROOT_INO, "big", &data).await;
+            None
+        } else {
+            Some(
+                h.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+                    .await
+                    .unwrap(),
+            )
+        };
+        if let Some(o) = o {
+            h.fs.write(o.fh, 0, &data).await.unwrap();
+            h.fs.release(o.fh).await.unwrap();
+        }
+        h.clock.advance(Duration::from_secs(10));
+        assert!(read_all(&h, ino).await == data);
+    }
+    let used = h.fs.content_stats().used;
+    assert_eq!(used, 4005, "only the last version stays on disk");
+}
+
+#[tokio::test]
 async fn large_file_writes_use_the_staged_upload() {
     let h = harness_with(MemoryRemote::new(5000, 5001).with_limits(1024, 2048));
     let big = vec![9u8; 5000];

@@ -298,7 +298,9 @@ impl<R: RemoteFs> Filesystem<R> {
                     mm.staged_size = Some(size);
                 }
                 self.cache.put_attr(&m.path, stat.clone(), None);
-                // The cache now holds this write's content, or nothing for this version.
+                // The version this write replaced is gone for good; the cache now holds this
+                // write's content, or nothing for this version.
+                self.forget_version(&m.path, m.base.size, m.base.mtime);
                 match self.is_small(size).then(|| sf.read_all()) {
                     Some(Ok(data)) => {
                         let _ = self.content.put(&m.path, size, stat.mtime, &data);
