@@ -293,6 +293,15 @@ fn check_reports_and_exit_codes_tell_config_from_reachability() {
     assert_eq!(down.status.code(), Some(1), "{}", text(&down.stderr));
     assert!(text(&down.stderr).contains("cannot reach"));
 
+    // Not a URL at all: a configuration mistake → 2, naming the variable.
+    let typo = f7tfs(
+        &["check", &sub],
+        Some(&server),
+        &[("FIRECREST_URL", "api.cscs.ch/hpc/firecrest/v2")],
+    );
+    assert_eq!(typo.status.code(), Some(2), "{}", text(&typo.stderr));
+    assert!(text(&typo.stderr).contains("not an http(s) URL: set FIRECREST_URL"));
+
     // Nothing configured → 2, naming the variable.
     let none = f7tfs(&["check", &sub], None, &[]);
     assert_eq!(none.status.code(), Some(2));

@@ -148,6 +148,16 @@ MOUNT HELPER (f7tfs on PATH, e.g. /usr/local/bin/f7tfs):
 
 Unmount with `fusermount3 -u MOUNTPOINT` (or `umount` as root); pending uploads finish first.";
 
+/// Refuses a URL the client could never reach, naming the setting that holds it.
+fn http_url(url: &str, setting: &str, example: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        _ => Err(format!(
+            "{url:?} is not an http(s) URL: set {setting} to one, e.g. {example}"
+        )),
+    }
+}
+
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
     if !v.is_finite() || v < 0.0 {
         return Err(format!("{what} must be a number of seconds >= 0, got {v}"));
@@ -359,6 +369,11 @@ impl MountArgs {
             .clone()
             .filter(|s| !s.is_empty())
             .ok_or("no token endpoint: set AUTH_TOKEN_URL (or --token-url)")?;
+        http_url(
+            &token_url,
+            "AUTH_TOKEN_URL (or --token-url)",
+            "https://auth.cscs.ch/auth/realms/firecrest-clients/protocol/openid-connect/token",
+        )?;
         let client_secret = match &self.conn.client_secret_file {
             Some(path) => {
                 let (secret, warning) = crate::remote::auth::read_secret_file(path)?;
@@ -581,6 +596,11 @@ impl MountArgs {
             .clone()
             .filter(|u| !u.is_empty())
             .ok_or("no FirecREST URL: set FIRECREST_URL (or --url, or url in a profile)")?;
+        http_url(
+            &url,
+            "FIRECREST_URL (or --url, or url in a profile)",
+            "https://api.cscs.ch/hpc/firecrest/v2",
+        )?;
         let mut remote = RemoteConfig::new(url, system, self.credentials()?);
         remote.api_version = match self.conn.api_version.as_deref() {
             None | Some("") | Some("auto") => None,
@@ -779,7 +799,7 @@ mod tests {
 
     #[test]
     fn batch_reads_default_on_and_switch_off() {
-        let base = ["c:/p", "/mnt", "--url", "u", "--token-command", "x"];
+        let base = ["c:/p", "/mnt", "--url", "http://u", "--token-command", "x"];
         assert!(parse(&base).unwrap().1.batch_reads);
         let with = |extra: &[&str]| {
             let mut a = base.to_vec();
@@ -799,7 +819,15 @@ mod tests {
 
     #[test]
     fn bad_input_names_the_fix() {
-        let e = parse(&["noколон", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
+        let e = parse(&[
+            "noколон",
+            "/mnt",
+            "--url",
+            "http://u",
+            "--token-command",
+            "x",
+        ])
+        .unwrap_err();
         assert!(e.contains("SYSTEM:/remote/path"), "{e}");
         let e = parse(&[
             "c:/p",
@@ -813,7 +841,7 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.contains("bogus"), "{e}");
-        let e = parse(&["c:rel", "/mnt", "--url", "u", "--token-command", "x"]).unwrap_err();
+        let e = parse(&["c:rel", "/mnt", "--url", "http://u", "--token-command", "x"]).unwrap_err();
         assert!(e.contains("absolute"), "{e}");
     }
 
