@@ -359,11 +359,17 @@ pub fn serve_mount<R: RemoteFs>(
         mp.display()
     ));
     on_live();
+    // Stopped between ticks, never inside one: a batch cut between its upload and its
+    // cleanup would leave its archive in the user's directory.
+    let (stop_ticker, mut ticker_stopped) = tokio::sync::oneshot::channel::<()>();
     let ticker = {
         let fs = fs.clone();
         rt.spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::select! {
+                    _ = &mut ticker_stopped => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
                 fs.writeback_tick().await;
             }
         })
@@ -428,7 +434,12 @@ pub fn serve_mount<R: RemoteFs>(
         {
             tracing::warn!("some operations were still running after {DRAIN_TIMEOUT:?}");
         }
-        ticker.abort();
+        let _ = stop_ticker.send(());
+        let ticker_abort = ticker.abort_handle();
+        if tokio::time::timeout(wait, ticker).await.is_err() {
+            tracing::warn!("delayed uploads still running after {wait:?} are cancelled and sent again below");
+            ticker_abort.abort();
+        }
         let unsent = fs.shutdown(wait).await;
         for u in &unsent {
             tracing::error!(

@@ -228,8 +228,17 @@ fn a_real_doc_tree_with_the_default_options() {
             .unwrap();
         assert!(
             out.status.success(),
-            "{dir} on the remote differs:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            "{dir} on the remote differs:\n{}\ndaemon's warnings:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            warnings(&m.log())
         );
     }
+}
+
+/// The daemon log's WARN and ERROR lines (what explains debris or a difference).
+fn warnings(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -777,3 +777,56 @@ async fn fetch_files_of_a_read_only_directory_fails_cleanly() {
         .collect();
     assert_eq!(names.len(), 5, "{names:?}");
 }
+
+/// An archive upload cancelled half-way (a write-back cut at unmount, a bounded wait running
+/// out) still removes its hidden archive: no `.f7tfs-*.tar` stays in the user's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_archive_upload_leaves_no_archive_behind() {
+    let server = start(|c| c.latency = Duration::from_millis(300));
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let dir = root_of(&server);
+    server.reset_stats();
+    let task = {
+        let client = client.clone();
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            let member = ArchiveMember {
+                name: "kept".into(),
+                kind: ArchiveMemberKind::File(Bytes::from_static(b"content")),
+                perm: 0o644,
+                mtime: SystemTime::now(),
+            };
+            client.put_archive(&dir, vec![member]).await
+        })
+    };
+    // Cut while the extract is under way: the archive is on the remote by then.
+    let started = std::time::Instant::now();
+    while server.stats().calls("POST ops/extract") == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no extract call"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    task.abort();
+    let ours = |root: &std::path::Path| {
+        std::fs::read_dir(root)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".f7tfs-"))
+            .collect::<Vec<_>>()
+    };
+    let cut = std::time::Instant::now();
+    while !ours(server.root()).is_empty() && cut.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ours(server.root()),
+        Vec::<String>::new(),
+        "archive left behind"
+    );
+    assert!(server.stats().calls("DELETE ops/rm") >= 1);
+}

@@ -437,6 +437,7 @@ impl RemoteFs for V2Client {
         let tar = self.build_tar(&members)?;
         let tar_name = format!("{ARCHIVE_PREFIX}{}.tar", uuid::Uuid::new_v4());
         let tar_path = dir.join(&tar_name)?;
+        let cleanup = ArchiveCleanup::new(self, &tar_path);
         self.upload_named(dir, &tar_name, Bytes::from(tar)).await?;
         // Extracting the same archive twice has the same effect: idempotent.
         let call = Call::api(Method::POST, self.ops("extract"), true).json(json!({
@@ -445,9 +446,7 @@ impl RemoteFs for V2Client {
             "compression": "none",
         }));
         let extracted = self.inner.http.send(&call).await.map(|_| ());
-        if let Err(e) = self.rm_direct(&tar_path).await {
-            tracing::warn!(archive = %tar_path, "cannot remove the upload archive: {e}");
-        }
+        cleanup.now().await;
         extracted
     }
 
@@ -461,6 +460,7 @@ impl RemoteFs for V2Client {
         })?;
         let tar_name = format!("{ARCHIVE_PREFIX}{}.tgz", uuid::Uuid::new_v4().simple());
         let tar_path = dir.join(&tar_name)?;
+        let cleanup = ArchiveCleanup::new(self, &tar_path);
         let call = Call::api(Method::POST, self.ops("compress"), false).json(json!({
             "sourcePath": dir.as_str(),
             "targetPath": tar_path.as_str(),
@@ -484,11 +484,7 @@ impl RemoteFs for V2Client {
             Err(e) => Err(e),
         };
         // Always remove the archive (a failed compress may have left a partial one).
-        if let Err(e) = self.rm_direct(&tar_path).await {
-            if !matches!(e, RemoteError::NotFound(_)) {
-                tracing::warn!(archive = %tar_path, "cannot remove the batch archive: {e}");
-            }
-        }
+        cleanup.now().await;
         result
     }
 
@@ -737,6 +733,49 @@ impl RemoteFs for V2Client {
 
 /// Name prefix of the hidden archives this client puts in a directory for a moment.
 const ARCHIVE_PREFIX: &str = ".f7tfs-";
+
+/// Removes one of our hidden archives from the remote: `now()` on the normal path; if the
+/// call that made it is dropped half-way (a cancelled write-back at unmount, a bounded wait
+/// running out), in a task of its own, so no `.f7tfs-*` debris stays in the user's directory.
+struct ArchiveCleanup {
+    armed: Option<(V2Client, RemotePath)>,
+}
+
+impl ArchiveCleanup {
+    fn new(client: &V2Client, archive: &RemotePath) -> Self {
+        Self {
+            armed: Some((client.clone(), archive.clone())),
+        }
+    }
+
+    async fn now(mut self) {
+        if let Some((client, archive)) = self.armed.take() {
+            remove_archive(&client, &archive).await;
+        }
+    }
+}
+
+impl Drop for ArchiveCleanup {
+    fn drop(&mut self) {
+        let Some((client, archive)) = self.armed.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { remove_archive(&client, &archive).await });
+            }
+            Err(_) => tracing::warn!(%archive, "cannot remove our archive: no runtime left"),
+        }
+    }
+}
+
+/// Absent is fine: a failed `compress` may not have made the archive at all.
+async fn remove_archive(client: &V2Client, archive: &RemotePath) {
+    match client.rm_direct(archive).await {
+        Ok(()) | Err(RemoteError::NotFound(_)) => {}
+        Err(e) => tracing::warn!(%archive, "cannot remove our archive: {e}"),
+    }
+}
 
 /// The `find -regex` (emacs syntax, as the server runs it) pattern matching the own files of
 /// directory `base` as `find .` in its parent names them, except our hidden archives: the
