@@ -421,6 +421,42 @@ async fn time_zone_detection_and_configuration() {
     assert!(matches!(err, RemoteError::InvalidArgument(_)), "{err}");
 }
 
+/// A remote whose `ls` prints Central European times (CSCS) seen from a machine in another
+/// zone: files from winter and summer both list with their true mtimes (one fixed offset
+/// would put one season an hour off, and a second `rsync -a` would send those files again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_zone_with_daylight_saving_time_is_detected() {
+    if jiff::tz::TimeZone::get("Europe/Zurich").is_err() {
+        eprintln!("SKIPPED a_remote_zone_with_daylight_saving_time_is_detected: no tzdata");
+        return;
+    }
+    let server = start(|c| c.timezone = Some("Europe/Zurich".into()));
+    let seasons: [(&str, i64); 2] = [("january", 1_704_164_645), ("july", 1_719_835_200)];
+    for (name, mtime) in seasons {
+        let path = server.root().join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(epoch(mtime)).unwrap();
+    }
+    let client = V2Client::connect(&config_for(&server, "f7tfs"))
+        .await
+        .unwrap();
+    let listing = client.list(&root_of(&server)).await.unwrap();
+    for (name, mtime) in seasons {
+        let e = listing.iter().find(|e| e.name == name).unwrap();
+        assert_eq!(e.stat.mtime, epoch(mtime), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_configured_zone_is_refused() {
+    let server = start(|_| {});
+    let mut cfg = config_for(&server, "f7tfs");
+    cfg.remote_timezone = Some("No/Such_Zone".into());
+    let err = V2Client::connect(&cfg).await.err().unwrap();
+    assert!(matches!(err, RemoteError::InvalidArgument(_)), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_one_line_and_name_the_fix() {
     let server = start(|_| {});

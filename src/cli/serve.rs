@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// the owner's login group).
     #[arg(long)]
     pub fix_chown_group: bool,
+    /// Local time zone of the served machine, the zone of `ls` times (IANA name, e.g.
+    /// Europe/Zurich as at CSCS; default: this process's TZ).
+    #[arg(long, value_name = "TZ")]
+    pub timezone: Option<String>,
 }
 
 const FAULT_HELP: &str = "\
@@ -131,6 +135,12 @@ impl ServeArgs {
         cfg.fix_empty_upload = self.fix_empty_upload;
         cfg.allow_single_quote = self.allow_single_quote;
         cfg.fix_chown_group = self.fix_chown_group;
+        if let Some(tz) = &self.timezone {
+            jiff::tz::TimeZone::get(tz).map_err(|e| {
+                format!("--timezone {tz:?} is not a known time zone ({e}); use an IANA name such as Europe/Zurich")
+            })?;
+        }
+        cfg.timezone = self.timezone;
         Ok(cfg)
     }
 }

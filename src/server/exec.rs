@@ -183,6 +183,8 @@ pub(crate) struct Runner {
     pub ident: Identity,
     /// `timeout N` wrapped around ops commands (the real `ssh.timeout.command_execution`).
     pub timeout: Duration,
+    /// `TZ` of the commands: the served machine's local time zone.
+    pub tz: Option<String>,
 }
 
 impl Runner {
@@ -206,7 +208,7 @@ impl Runner {
             .env("LOGNAME", &self.ident.name)
             .current_dir("/")
             .kill_on_drop(true);
-        if let Ok(tz) = std::env::var("TZ") {
+        if let Some(tz) = &self.tz {
             cmd.env("TZ", tz);
         }
         if self.ident.switch {

@@ -88,6 +88,9 @@ pub struct ServeConfig {
     pub fix_chown_group: bool,
     /// Base URL advertised in staging URLs (default `http://<bound address>`).
     pub public_url: Option<String>,
+    /// Local time zone of the served machine, the zone `ls` prints times in (IANA name;
+    /// default this process's `TZ`). CSCS's clusters are a zone with daylight saving time.
+    pub timezone: Option<String>,
 }
 
 impl ServeConfig {
@@ -116,6 +119,7 @@ impl ServeConfig {
             allow_single_quote: false,
             fix_chown_group: false,
             public_url: None,
+            timezone: None,
         }
     }
 }
@@ -271,6 +275,7 @@ pub async fn spawn(config: ServeConfig) -> Result<ServerHandle, ServeError> {
         runner: Runner {
             ident,
             timeout: config.command_timeout,
+            tz: config.timezone.clone().or_else(|| std::env::var("TZ").ok()),
         },
         faults: Mutex::new(config.faults.clone()),
         stats: StatsRecorder::default(),

@@ -165,17 +165,20 @@ impl V2Client {
         self.stat(path).await
     }
 
-    /// Fixes the offset of `ls` times from one entry of `dir`: its `lastModified` against
-    /// `stat`'s mtime. A configured `remote_timezone` wins (nothing is called then).
+    /// Finds the zone of `ls` times from up to three entries of `dir` (a winter and a summer
+    /// one when there are: `parse::pick_probes`), each `lastModified` against `stat`'s mtime
+    /// (the stats run side by side). A configured `remote_timezone` wins (nothing is called).
     pub async fn detect_timezone(&self, dir: &RemotePath) -> RemoteResult<()> {
         if self.inner.tz_configured {
             return Ok(());
         }
+        let entries = self.ls_raw(dir).await?;
+        let civils: Vec<&str> = entries.iter().map(|e| e.last_modified.as_str()).collect();
         let mut candidates: Vec<(RemotePath, String)> = Vec::new();
-        for e in self.ls_raw(dir).await?.into_iter().take(3) {
-            let name = parse::decode_c_escapes(&e.name);
-            if let Ok(p) = dir.join(&name) {
-                candidates.push((p, e.last_modified));
+        for i in parse::pick_probes(&civils) {
+            let e = &entries[i];
+            if let Ok(p) = dir.join(&parse::decode_c_escapes(&e.name)) {
+                candidates.push((p, e.last_modified.clone()));
             }
         }
         if candidates.is_empty() {
@@ -188,10 +191,12 @@ impl V2Client {
                 }
             }
         }
+        let stats =
+            futures_util::future::join_all(candidates.iter().map(|(p, _)| self.stat_raw(p))).await;
         let mut found: Vec<(i64, jiff::tz::Offset)> = Vec::new();
         let mut probe = None;
-        for (path, civil) in candidates {
-            let Ok(st) = self.stat_raw(&path).await else {
+        for ((path, civil), st) in candidates.into_iter().zip(stats) {
+            let Ok(st) = st else {
                 continue;
             };
             if let Some(offset) = parse::offset_from_pair(&civil, st.mtime) {
@@ -206,7 +211,7 @@ impl V2Client {
                     %offset,
                     zone = name,
                     probe = %probe,
-                    "remote ls times match this machine's time zone; using it"
+                    "remote ls times match this time zone; using it"
                 ),
                 _ => tracing::info!(
                     %offset,

@@ -162,21 +162,74 @@ pub fn offset_from_pair(civil: &str, mtime: i64) -> Option<Offset> {
     Offset::from_seconds(rounded as i32).ok()
 }
 
-/// The zone for `ls` times given `(mtime, offset)` observations: this machine's zone when it
-/// has exactly those offsets at those instants (it then also gets daylight saving time right),
-/// else the first observed fixed offset.
+/// Which of `civils` (`lastModified` values of one listing) to `stat` for the zone probe: the
+/// first entry, plus the first of a northern winter month and the first of a northern summer
+/// month, so a zone with daylight saving time shows both of its offsets (at most 3).
+pub fn pick_probes(civils: &[&str]) -> Vec<usize> {
+    let month = |s: &str| s.trim().parse::<DateTime>().ok().map(|d| d.month());
+    let first_in = |months: &[i8]| {
+        civils
+            .iter()
+            .position(|c| month(c).is_some_and(|m| months.contains(&m)))
+    };
+    let mut out: Vec<usize> = Vec::new();
+    for i in [Some(0), first_in(&[12, 1, 2]), first_in(&[6, 7, 8])]
+        .into_iter()
+        .flatten()
+    {
+        if i < civils.len() && !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// Zones tried first when the remote's offsets change with the seasons (the name then shown
+/// is the familiar one; zones sharing its rules give the same times).
+const LIKELY_ZONES: [&str; 8] = [
+    "Europe/Zurich",
+    "Europe/London",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+];
+
+/// The zone for `ls` times given `(mtime, offset)` observations:
+/// - this machine's zone when it has exactly those offsets at those instants;
+/// - when the observations show two offsets (daylight saving time), the first zone of the
+///   time zone database that has them all (`LIKELY_ZONES` first);
+/// - else the first observed fixed offset (one season seen: the remote may or may not shift
+///   in the other; `remote_timezone` settles it).
 pub fn choose_zone(found: &[(i64, Offset)], system: &TimeZone) -> TimeZone {
     let Some(&(_, first)) = found.first() else {
         return TimeZone::UTC;
     };
-    let matches_system = found.iter().all(|&(t, off)| {
-        jiff::Timestamp::from_second(t).is_ok_and(|ts| system.to_offset(ts) == off)
-    });
-    if matches_system && system.iana_name().is_some() {
-        system.clone()
-    } else {
-        TimeZone::fixed(first)
+    let fits = |zone: &TimeZone| {
+        found.iter().all(|&(t, off)| {
+            jiff::Timestamp::from_second(t).is_ok_and(|ts| zone.to_offset(ts) == off)
+        })
+    };
+    if system.iana_name().is_some() && fits(system) {
+        return system.clone();
     }
+    if found.iter().any(|&(_, off)| off != first) {
+        let db = jiff::tz::db();
+        let names = LIKELY_ZONES
+            .iter()
+            .map(|n| n.to_string())
+            .chain(db.available().map(|n| n.as_str().to_string()));
+        for name in names {
+            if let Ok(zone) = db.get(&name) {
+                if fits(&zone) {
+                    return zone;
+                }
+            }
+        }
+    }
+    TimeZone::fixed(first)
 }
 
 /// One `ls` entry → `DirEntry`; the name is decoded but not otherwise checked.
@@ -331,6 +384,45 @@ mod tests {
         // +01:00 in July does not match Zurich (+02:00): fixed offset.
         let z = choose_zone(&[(1719835200, plus1)], &zurich);
         assert_eq!(z, TimeZone::fixed(plus1));
+    }
+
+    #[test]
+    fn two_seasons_seen_pick_a_zone_with_their_daylight_saving_time() {
+        if TimeZone::get("Europe/Zurich").is_err() {
+            return; // no tzdata on this machine: nothing to check
+        }
+        let plus1 = Offset::from_seconds(3600).unwrap();
+        let plus2 = Offset::from_seconds(7200).unwrap();
+        // 2024-01-02 (+01:00) and 2024-07-01 (+02:00), seen from a UTC machine.
+        let z = choose_zone(&[(1704164645, plus1), (1719835200, plus2)], &TimeZone::UTC);
+        assert_eq!(z.iana_name(), Some("Europe/Zurich"));
+        // Southern hemisphere: +11:00 in January, +10:00 in July.
+        let plus10 = Offset::from_seconds(36000).unwrap();
+        let plus11 = Offset::from_seconds(39600).unwrap();
+        let z = choose_zone(
+            &[(1704164645, plus11), (1719835200, plus10)],
+            &TimeZone::UTC,
+        );
+        assert_eq!(z.iana_name(), Some("Australia/Sydney"));
+        // Offsets no zone has at those instants: the first one, fixed.
+        let odd = Offset::from_seconds(-3 * 3600 - 900).unwrap();
+        let z = choose_zone(&[(1704164645, plus1), (1719835200, odd)], &TimeZone::UTC);
+        assert_eq!(z, TimeZone::fixed(plus1));
+    }
+
+    #[test]
+    fn probes_cover_winter_and_summer() {
+        let c = [
+            "2024-04-02T10:00:00",
+            "2024-05-02T10:00:00",
+            "2023-12-24T10:00:00",
+            "2024-07-14T10:00:00",
+            "2024-01-01T10:00:00",
+        ];
+        assert_eq!(pick_probes(&c), vec![0, 2, 3]);
+        assert_eq!(pick_probes(&c[2..]), vec![0, 1]);
+        assert_eq!(pick_probes(&["garbage", "2024-08-01T00:00:00"]), vec![0, 1]);
+        assert!(pick_probes(&[]).is_empty());
     }
 
     #[test]
