@@ -1835,3 +1835,166 @@ async fn unsettable_mtimes_last_the_session_until_the_remote_changes() {
     h.clock.advance(Duration::from_secs(60));
     assert_ne!(found(&h, ROOT_INO, "d").await.attr.mtime, old);
 }
+
+/// The default write-back delay (here 2 s) with the remote tree `tree/{f00..f29, sub/{g0..g4}}`.
+async fn removal_harness() -> H {
+    let remote = MemoryRemote::new(5000, 5001);
+    remote.mkdir_all(&path("tree/sub"));
+    for i in 0..30 {
+        remote.put_file(&path(&format!("tree/f{i:02}")), b"x", t(1_000));
+    }
+    for i in 0..5 {
+        remote.put_file(&path(&format!("tree/sub/g{i}")), b"y", t(1_000));
+    }
+    remote.mkdir_all(ROOT);
+    let dirs = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dirs);
+    cfg.writeback_delay = Duration::from_secs(2);
+    let clock = ManualClock::new();
+    let fs = Filesystem::new(remote, &cfg, ids(), Arc::new(clock.clone())).unwrap();
+    H { fs, clock, dirs }
+}
+
+/// `rm -r`'s pattern on one directory: list it, unlink each file, rmdir what is left.
+async fn rm_r(h: &H, parent: u64, name: &str) {
+    let dir = found(h, parent, name).await.attr.ino;
+    let d = h.fs.opendir(dir).await.unwrap();
+    let items = h.fs.readdir(dir, d.fh, 0).await.unwrap();
+    h.fs.releasedir(d.fh);
+    for it in items.iter().filter(|i| i.name != "." && i.name != "..") {
+        let e = found(h, dir, &it.name).await;
+        if e.attr.kind == fuser::FileType::Directory {
+            Box::pin(rm_r(h, dir, &it.name)).await;
+        } else {
+            h.fs.unlink(dir, os(&it.name)).await.unwrap();
+        }
+    }
+    h.fs.rmdir(parent, os(name)).await.unwrap();
+}
+
+#[tokio::test]
+async fn rm_r_of_a_tree_costs_one_remove_per_directory_with_a_writeback_delay() {
+    let h = removal_harness().await;
+    h.fs.getattr(ROOT_INO).await.unwrap();
+    r(&h).reset_calls();
+    rm_r(&h, ROOT_INO, "tree").await;
+    assert!(r(&h).get(&path("tree")).is_none());
+    assert_eq!(r(&h).calls("remove"), 2, "one rm for sub, one for tree");
+    assert!(h.fs.pending_removals().is_empty());
+    assert!(absent(&h, ROOT_INO, "tree").await);
+    // Nothing left to send later.
+    h.clock.advance(Duration::from_secs(5));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).calls("remove"), 2);
+}
+
+#[tokio::test]
+async fn a_queued_unlink_is_invisible_then_sent_when_due() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    r(&h).reset_calls();
+    h.fs.unlink(tree, os("f00")).await.unwrap();
+    h.fs.unlink(tree, os("f01")).await.unwrap();
+    assert_eq!(r(&h).calls("remove"), 0);
+    assert!(
+        r(&h).get(&path("tree/f00")).is_some(),
+        "still on the remote"
+    );
+    assert!(absent(&h, tree, "f00").await);
+    // A listing made after the TTL still leaves it out.
+    h.clock.advance(Duration::from_millis(1_500));
+    h.fs.writeback_tick().await;
+    let d = h.fs.opendir(tree).await.unwrap();
+    let names: Vec<String> =
+        h.fs.readdir(tree, d.fh, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+    h.fs.releasedir(d.fh);
+    assert!(!names.contains(&"f00".to_string()) && names.contains(&"f02".to_string()));
+    assert!(r(&h).get(&path("tree/f00")).is_some());
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).calls("remove"), 2);
+    assert!(r(&h).get(&path("tree/f00")).is_none() && r(&h).get(&path("tree/f01")).is_none());
+    // rmdir of a directory that still has entries is refused as before.
+    assert!(h.fs.rmdir(ROOT_INO, os("tree")).await.is_err());
+    assert!(r(&h).get(&path("tree/f02")).is_some());
+}
+
+#[tokio::test]
+async fn a_name_reused_before_its_unlink_is_sent_keeps_the_new_file() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    h.fs.unlink(tree, os("f00")).await.unwrap();
+    write_new(&h, tree, "f00", b"new").await;
+    h.fs.unlink(tree, os("f01")).await.unwrap();
+    h.fs.mkdir(tree, os("f01"), 0o755, 0o022).await.unwrap();
+    // mv over a queued name, and a rename of the directory holding queued unlinks.
+    h.fs.unlink(tree, os("f02")).await.unwrap();
+    write_new(&h, ROOT_INO, "other", b"moved").await;
+    h.fs.rename(ROOT_INO, os("other"), tree, os("f02"), 0)
+        .await
+        .unwrap();
+    h.fs.unlink(tree, os("f03")).await.unwrap();
+    h.fs.rename(ROOT_INO, os("tree"), ROOT_INO, os("renamed"), 0)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        h.clock.advance(Duration::from_secs(3));
+        h.fs.writeback_tick().await;
+    }
+    assert_eq!(r(&h).content(&path("renamed/f00")).unwrap(), b"new");
+    assert_eq!(r(&h).get(&path("renamed/f01")).unwrap().kind, FileKind::Dir);
+    assert_eq!(r(&h).content(&path("renamed/f02")).unwrap(), b"moved");
+    assert!(r(&h).get(&path("renamed/f03")).is_none());
+    assert!(r(&h).get(&path("tree")).is_none());
+    assert_eq!(r(&h).content(&path("renamed/f04")).unwrap(), b"x");
+}
+
+#[tokio::test]
+async fn unlink_in_a_directory_we_may_not_write_is_not_deferred() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    r(&h).set_perm(&path("tree"), 0o555);
+    h.clock.advance(Duration::from_secs(10));
+    let tree_attr = h.fs.getattr(tree).await.unwrap();
+    assert_eq!(tree_attr.attr.perm & 0o777, 0o555);
+    r(&h).reset_calls();
+    // The memory remote does not enforce modes; the call going out at once is the point.
+    h.fs.unlink(tree, os("f00")).await.unwrap();
+    assert_eq!(r(&h).calls("remove"), 1);
+    assert!(h.fs.pending_removals().is_empty());
+}
+
+#[tokio::test]
+async fn a_queued_unlink_waits_out_an_unreachable_remote_and_a_refusal_brings_the_file_back() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    h.fs.unlink(tree, os("f00")).await.unwrap();
+    r(&h).fail_always("remove", RemoteError::Unavailable("down".into()));
+    h.clock.advance(Duration::from_secs(3));
+    h.fs.writeback_tick().await;
+    assert!(r(&h).get(&path("tree/f00")).is_some());
+    assert!(absent(&h, tree, "f00").await, "still gone inside the mount");
+    r(&h).clear_faults();
+    h.clock.advance(Duration::from_secs(11));
+    h.fs.writeback_tick().await;
+    assert!(
+        r(&h).get(&path("tree/f00")).is_none(),
+        "sent once the remote is back"
+    );
+
+    h.fs.unlink(tree, os("f01")).await.unwrap();
+    r(&h).fail_once("remove", RemoteError::PermissionDenied("no".into()));
+    h.clock.advance(Duration::from_secs(3));
+    h.fs.writeback_tick().await;
+    assert!(r(&h).get(&path("tree/f01")).is_some());
+    assert!(
+        h.fs.pending_removals().is_empty(),
+        "a refusal is not retried"
+    );
+    found(&h, tree, "f01").await;
+}

@@ -194,6 +194,40 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
     assert_eq!(stats.calls("GET ops/stat"), 0, "{stats:?}");
 }
 
+/// `rm -r` with the default write-back delay: the unlinks wait and the rmdir's one recursive
+/// `rm` takes them all, one call instead of 2,001, and the tree is gone when rm returns.
+#[test]
+fn rm_r_of_2000_files_is_one_remote_rm() {
+    let m = MountedFs::start_with(&["--writeback-delay", "2"], |_| {});
+    fs::create_dir_all(m.remote("many/sub")).unwrap();
+    for i in 0..2000 {
+        fs::write(m.remote(&format!("many/file-{i:04}.dat")), b"0123456789").unwrap();
+    }
+    fs::write(m.remote("many/sub/inner"), b"x").unwrap();
+    fs::write(m.remote("kept"), b"x").unwrap();
+    m.sh("ls many > /dev/null");
+    m.server().reset_stats();
+    m.sh("rm -r many");
+    assert!(
+        !m.remote("many").exists(),
+        "gone on the remote when rm returns"
+    );
+    let stats = m.server().stats();
+    assert_eq!(
+        stats.calls("DELETE ops/rm"),
+        2,
+        "many/sub and many: {stats:?}"
+    );
+    assert!(stats.total_calls() <= 4, "{stats:?}");
+    // A lone unlink goes out after the delay; the mount never shows it meanwhile.
+    m.sh("rm kept; test ! -e kept");
+    let asked = std::time::Instant::now();
+    while m.remote("kept").exists() && asked.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(!m.remote("kept").exists(), "not sent after the delay");
+}
+
 #[test]
 fn unmount_is_clean_and_data_is_on_the_remote() {
     let mut m = MountedFs::start();

@@ -330,6 +330,11 @@ impl MetadataCache {
         self.put_negative(path);
     }
 
+    /// Forgets the listing of `dir` (the next readdir asks the remote).
+    pub fn forget_listing(&self, dir: &RemotePath) {
+        self.inner.lock().dirs.remove(dir);
+    }
+
     /// Forgets what we know about `path` itself (its attributes), e.g. after a failed upload.
     pub fn invalidate(&self, path: &RemotePath) {
         let mut inner = self.inner.lock();

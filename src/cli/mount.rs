@@ -70,7 +70,8 @@ pub struct MountArgs {
     pub allow_other: bool,
     /// Delayed write-back in seconds (default 2): small new files are uploaded this long after
     /// close, so the utimens/chmod/rename that follow (rsync, tar, cp -p) join one archive
-    /// upload; fsync forces it. 0: close returns only once the remote has the data.
+    /// upload; fsync forces it; unlinks wait as long, so rm -r is one remote rm per directory.
+    /// 0: close returns only once the remote has the data.
     #[arg(long)]
     pub writeback_delay: Option<f64>,
     /// Batched reads (default true): reading a small file of a directory holding many small

@@ -213,6 +213,7 @@ impl<R: RemoteFs> Filesystem<R> {
         flags: i32,
     ) -> FsResult<Created> {
         let path = self.child(parent, name)?;
+        self.settle_removals(&path).await;
         if flags & libc::O_EXCL != 0 && self.resolve(&path).await.is_ok() {
             return Err(FsError::Exists(path.to_string()));
         }

@@ -12,7 +12,8 @@
 //!
 //! Submodules: `inode` (inode table), `handle` (open files), `attr` (Stat → FileAttr),
 //! `file` (open/create/write/flush/release), `read` (small and ranged reads), `writeback`
-//! (upload routes, delayed batches), `setattr`, `rename`.
+//! (upload routes, delayed batches), `remove` (deferred unlinks, one `rm` for `rm -r`),
+//! `setattr`, `rename`.
 //! Locks: see `handle` for the order; the maps here are `parking_lot` mutexes held briefly.
 
 pub mod attr;
@@ -21,6 +22,7 @@ mod file;
 pub mod handle;
 pub mod inode;
 mod read;
+mod remove;
 mod rename;
 mod setattr;
 mod writeback;
@@ -163,6 +165,8 @@ pub struct Filesystem<R: RemoteFs> {
     writeback_delay: Duration,
     /// Files whose upload waits for the write-back delay, with their due time.
     writeback: Mutex<HashMap<InodeNo, (Arc<OpenFile>, std::time::Instant)>>,
+    /// Unlinked files whose remote removal waits (`remove`).
+    removals: remove::RemovalQueue,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
     /// Until when the remote counts as unreachable: metadata answers come from the (stale)
@@ -247,6 +251,7 @@ impl<R: RemoteFs> Filesystem<R> {
             new_file_perm: Mutex::new(None),
             writeback_delay: config.writeback_delay,
             writeback: Mutex::new(HashMap::new()),
+            removals: Default::default(),
             statfs: StatFs {
                 blocks: config.statfs_total_bytes / bsize,
                 bfree: config.statfs_free_bytes / bsize,
@@ -435,6 +440,11 @@ impl<R: RemoteFs> Filesystem<R> {
                 // The hidden archives of batched reads and archive uploads are ours, and
                 // short-lived: a listing never shows them.
                 entries.retain(|e| !read::is_archive_name(&e.name));
+                // Our unlinks waiting to be sent are gone already.
+                entries.retain(|e| {
+                    dir.join(&e.name)
+                        .map_or(true, |p| !self.removal_pending(&p))
+                });
                 self.cache.put_listing(dir, &mut entries);
                 self.misses.lock().remove(dir);
                 Ok(entries)
@@ -457,6 +467,9 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// `stat` of `path`, coalesced; fills the cache (negative on ENOENT).
     async fn stat_path(&self, path: &RemotePath) -> FsResult<Stat> {
+        if self.removal_pending(path) {
+            return Err(FsError::NotFound(path.to_string()));
+        }
         if self.remote_offline() {
             if let Some(a) = self.cache.attr_stale(path) {
                 return Ok(a.stat);
@@ -497,6 +510,9 @@ impl<R: RemoteFs> Filesystem<R> {
                 stat,
                 link_target: None,
             });
+        }
+        if self.removal_pending(path) {
+            return Err(FsError::NotFound(path.to_string()));
         }
         match self.cache.lookup(path) {
             Lookup::Found(a) => return Ok(a),
@@ -669,6 +685,7 @@ impl<R: RemoteFs> Filesystem<R> {
         umask: u32,
     ) -> FsResult<Entry> {
         let path = self.child(parent, name)?;
+        self.settle_removals(&path).await;
         if self.local_stat(&path).is_some() {
             return Err(FsError::Exists(path.to_string()));
         }
@@ -711,13 +728,15 @@ impl<R: RemoteFs> Filesystem<R> {
             Some(f) => !f.meta.lock().new,
             None => true,
         };
+        let mut deferred = false;
         if local.is_none() {
             let a = self.resolve(&path).await?;
             if a.stat.kind == FileKind::Dir {
                 return Err(FsError::IsADirectory(path.to_string()));
             }
+            deferred = self.defer_removal(&path, &a.stat);
         }
-        if on_remote {
+        if on_remote && !deferred {
             match self.remote.remove(&path).await {
                 Ok(()) => {}
                 Err(RemoteError::NotFound(_)) if local.is_some() => {}
@@ -756,7 +775,9 @@ impl<R: RemoteFs> Filesystem<R> {
         if self.dir_has_entries(&path).await? {
             return Err(FsError::NotEmpty(path.to_string()));
         }
+        // The remote's `rm` is recursive: it takes our queued unlinks of entries with it.
         self.remote.remove(&path).await?;
+        self.removals_done_below(&path);
         self.cache.remove(&path);
         self.inodes.unlink(&path);
         self.parent_changed(&path, -1);
@@ -771,6 +792,7 @@ impl<R: RemoteFs> Filesystem<R> {
         target: &std::path::Path,
     ) -> FsResult<Entry> {
         let path = self.child(parent, name)?;
+        self.settle_removals(&path).await;
         let target = target
             .to_str()
             .ok_or_else(|| FsError::InvalidName(format!("target not UTF-8: {target:?}")))?;
@@ -822,6 +844,14 @@ impl<R: RemoteFs> Filesystem<R> {
     /// At unmount: uploads every dirty file (each bounded by `wait`), returns what stayed
     /// staged.
     pub async fn shutdown(&self, wait: Duration) -> Vec<Unsent> {
+        if tokio::time::timeout(wait, self.removal_tick(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "removals still running after {wait:?}: some unlinked files may stay on the remote"
+            );
+        }
         self.writeback.lock().clear();
         let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();
         let mut unsent = Vec::new();

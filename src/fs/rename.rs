@@ -44,6 +44,10 @@ impl<R: RemoteFs> Filesystem<R> {
         }
         let from = self.child(parent, name)?;
         let to = self.child(newparent, newname)?;
+        // Queued unlinks below `from` or at/below `to` go out first: the remote must not
+        // apply them after the rename (to other or new objects).
+        self.settle_removals(&from).await;
+        self.settle_removals(&to).await;
         let src = self.resolve(&from).await?;
         if from == to {
             return Ok(());

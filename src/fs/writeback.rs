@@ -87,10 +87,12 @@ impl<R: RemoteFs> Filesystem<R> {
         self.upload(file, false).await
     }
 
-    /// Uploads queued files whose delay ran out (the mount calls this periodically; tests
-    /// call it after advancing the clock). A failed upload stays staged and is retried
+    /// Sends the queued removals that are due (`remove`), then uploads queued files whose
+    /// delay ran out (the mount calls this periodically; tests call it after advancing the
+    /// clock). A failed upload stays staged and is retried
     /// after a longer pause.
     pub async fn writeback_tick(&self) {
+        self.removal_tick(false).await;
         let now = self.cache.now();
         // Files that are due, plus the queued files of the same directories that have waited
         // at least half the delay (their utimens/chmod/rename have arrived by then): they

@@ -164,6 +164,13 @@ impl MemoryRemote {
             .retain(|k, _| k != path && !k.starts_with(&prefix));
     }
 
+    /// Changes a node's permission bits directly (test setup); no call counted.
+    pub fn set_perm(&self, path: &str, perm: u32) {
+        if let Some(node) = self.tree.lock().get_mut(path) {
+            node.perm = perm & 0o7777;
+        }
+    }
+
     /// A copy of a node, if present.
     pub fn get(&self, path: &str) -> Option<MemNode> {
         self.tree.lock().get(path).cloned()
