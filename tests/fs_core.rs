@@ -751,7 +751,9 @@ async fn failed_upload_keeps_the_bytes_and_reports_the_error() {
     h.fs.write(c.opened.fh, 0, b"do not lose me").await.unwrap();
     let err = h.fs.flush(c.opened.fh).await.unwrap_err();
     assert_eq!(err.errno(), libc::EDQUOT);
-    assert!(h.fs.release(c.opened.fh).await.is_err());
+    // close() had the error; release leaves the unchanged file to the retry queue.
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(h.fs.writeback_pending(), 1);
     let staging = h.dirs.path().join("staging");
     let manifests: Vec<_> = std::fs::read_dir(&staging)
         .unwrap()
@@ -1172,6 +1174,9 @@ async fn a_refused_archive_route_falls_back_to_plain_calls() {
     );
     r(&h).clear_faults();
     h.fs.release(c.opened.fh).await.unwrap();
+    // The retry queue sends it once its pause is over.
+    h.clock.advance(Duration::from_secs(11));
+    h.fs.writeback_tick().await;
     assert_eq!(r(&h).content(&path("e2")).unwrap(), b"");
 }
 
@@ -1997,4 +2002,29 @@ async fn a_queued_unlink_waits_out_an_unreachable_remote_and_a_refusal_brings_th
         "a refusal is not retried"
     );
     found(&h, tree, "f01").await;
+}
+
+#[tokio::test]
+async fn release_after_a_failed_close_leaves_the_file_to_the_retry_queue() {
+    let h = harness();
+    r(&h).fail_always("upload", RemoteError::Unavailable("down".into()));
+    let c =
+        h.fs.create(ROOT_INO, os("precious"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"keep me").await.unwrap();
+    assert!(h.fs.flush(c.opened.fh).await.is_err(), "close() reports it");
+    let tried = r(&h).calls("upload");
+    h.fs.release(c.opened.fh).await.unwrap();
+    assert_eq!(
+        r(&h).calls("upload"),
+        tried,
+        "not sent again at once by release"
+    );
+    assert_eq!(h.fs.writeback_pending(), 1);
+    r(&h).clear_faults();
+    h.clock.advance(Duration::from_secs(11));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("precious")).unwrap(), b"keep me");
+    assert_eq!(h.fs.writeback_pending(), 0);
 }

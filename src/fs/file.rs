@@ -36,6 +36,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     pending_mtime: None,
                     base: base.clone(),
                     local_mtime: None,
+                    upload_failed: false,
                 }),
                 staged: tokio::sync::Mutex::new(None),
             })
@@ -139,6 +140,7 @@ impl<R: RemoteFs> Filesystem<R> {
             let mut m = file.meta.lock();
             let first = !m.dirty;
             m.dirty = true;
+            m.upload_failed = false;
             m.staged_size = Some(size);
             m.local_mtime = Some(whole_seconds(SystemTime::now()));
             first
@@ -344,6 +346,17 @@ impl<R: RemoteFs> Filesystem<R> {
     /// `release`: uploads when still dirty, then drops the handle.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
+        let failed_unchanged = {
+            let m = h.file.meta.lock();
+            m.dirty && m.upload_failed && !m.unlinked
+        };
+        if failed_unchanged {
+            if h.file.meta.lock().handles <= 1 {
+                self.retry_later(&h.file);
+            }
+            self.release_file(&h.file).await;
+            return Ok(());
+        }
         match self.write_back(&h.file).await {
             Err(e) => {
                 if h.file.meta.lock().handles <= 1 {

@@ -41,6 +41,10 @@ pub struct FileMeta {
     pub base: Stat,
     /// When the local copy was last written.
     pub local_mtime: Option<SystemTime>,
+    /// The last upload failed and the content has not changed since: `release` leaves the
+    /// file to the retry queue rather than failing the same way again at once (its error
+    /// went to the close() that just returned).
+    pub upload_failed: bool,
 }
 
 impl FileMeta {

@@ -296,6 +296,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     mm.pending_mode = None;
                     mm.pending_mtime = None;
                     mm.local_mtime = None;
+                    mm.upload_failed = false;
                     mm.base = stat.clone();
                     mm.staged_size = Some(size);
                 }
@@ -316,6 +317,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 let _ = sf.sync();
                 let sha = sf.sha256().unwrap_or_default();
                 let _ = sf.write_manifest(StagedState::Failed, &sha, Some(e.to_string()), true);
+                file.meta.lock().upload_failed = true;
                 tracing::error!(
                     remote = %m.path,
                     staged = %sf.data_path().display(),
