@@ -30,6 +30,7 @@ pub struct FuseAdapter<R: RemoteFs> {
     fs: Arc<Filesystem<R>>,
     rt: Handle,
     permits: Arc<Semaphore>,
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 impl<R: RemoteFs> FuseAdapter<R> {
@@ -39,7 +40,14 @@ impl<R: RemoteFs> FuseAdapter<R> {
             fs,
             rt,
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            notifier: Arc::default(),
         }
+    }
+
+    /// Where the mount puts the session's notifier once the session exists (cache
+    /// invalidations sent to the kernel).
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
     }
 
     /// The in-flight bound, to wait for running ops at unmount.
@@ -317,10 +325,23 @@ impl<R: RemoteFs> fuser::Filesystem for FuseAdapter<R> {
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let pid = req.pid();
+        let notifier = self.notifier.clone();
         self.spawn("open", ino, |fs| async move {
             match fs.open(ino, flags).await {
                 Ok(o) => {
                     fs.set_opener(o.fh, pid);
+                    if o.changed {
+                        // The kernel's size of the old version would cut reads short: drop
+                        // its attributes (only), so the read past that size asks again.
+                        if let Some(n) = notifier.get() {
+                            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                                tracing::debug!(
+                                    ino,
+                                    "cannot invalidate the kernel's attributes: {e}"
+                                );
+                            }
+                        }
+                    }
                     let keep = if o.keep_cache {
                         consts::FOPEN_KEEP_CACHE
                     } else {

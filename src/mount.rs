@@ -320,8 +320,10 @@ pub fn serve_mount<R: RemoteFs>(
         MountOption::RW
     });
     let mp = mount_cfg.mountpoint.clone();
+    let notifier_slot = adapter.notifier_slot();
     let mut session = fuser::Session::new(adapter, &mp, &options)
         .map_err(|e| format!("cannot mount at {}: {e}", mp.display()))?;
+    let _ = notifier_slot.set(session.notifier());
     let unmounter = Arc::new(parking_lot::Mutex::new(session.unmount_callable()));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()

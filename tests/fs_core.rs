@@ -2028,3 +2028,21 @@ async fn release_after_a_failed_close_leaves_the_file_to_the_retry_queue() {
     assert_eq!(r(&h).content(&path("precious")).unwrap(), b"keep me");
     assert_eq!(h.fs.writeback_pending(), 0);
 }
+
+#[tokio::test]
+async fn open_says_when_the_remote_version_changed_under_the_kernel() {
+    let h = harness();
+    r(&h).put_file(&path("h"), b"old", t(1_000));
+    let ino = found(&h, ROOT_INO, "h").await.attr.ino;
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(!o.changed);
+    h.fs.release(o.fh).await.unwrap();
+    r(&h).put_file(&path("h"), b"longer", t(2_000));
+    h.clock.advance(Duration::from_secs(10));
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(o.changed && !o.keep_cache);
+    h.fs.release(o.fh).await.unwrap();
+    let o = h.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(!o.changed && o.keep_cache);
+    h.fs.release(o.fh).await.unwrap();
+}

@@ -416,3 +416,40 @@ fn a_failed_upload_is_the_error_of_close_and_the_bytes_stay_staged() {
         "keep me"
     );
 }
+
+/// A file that grows on the remote is read whole once the mount sees the new version, never
+/// cut at the size the kernel cached for the old one (the open that finds the new version
+/// drops the kernel's attributes).
+#[test]
+fn a_file_grown_on_the_remote_is_never_read_cut_at_its_old_size() {
+    let m = MountedFs::start_with(&["--attr-ttl", "1", "--dir-ttl", "1"], |_| {});
+    fs::create_dir(m.remote("rc")).unwrap();
+    let mut previous = String::from("start\n");
+    fs::write(m.remote("rc/h"), &previous).unwrap();
+    m.sh("cat rc/h > /dev/null");
+    for round in 0..6u8 {
+        let content = format!(
+            "{}\n",
+            char::from(b'a' + round)
+                .to_string()
+                .repeat(20 + 8 * usize::from(round))
+        );
+        fs::write(m.remote("rc/h"), &content).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(2500) {
+            let got = fs::read_to_string(m.p("rc/h")).unwrap();
+            assert!(
+                got == previous || got == content,
+                "round {round}: read {got:?}, remote had {previous:?} then {content:?}"
+            );
+            m.sh("ls -l rc > /dev/null");
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        assert_eq!(
+            fs::read_to_string(m.p("rc/h")).unwrap(),
+            content,
+            "round {round}"
+        );
+        previous = content;
+    }
+}

@@ -66,6 +66,7 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(Opened {
             fh,
             keep_cache: false,
+            changed: false,
         })
     }
 

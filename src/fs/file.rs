@@ -162,6 +162,10 @@ impl<R: RemoteFs> Filesystem<R> {
     pub async fn open(&self, ino: InodeNo, flags: i32) -> FsResult<Opened> {
         let path = self.path_of(ino)?;
         tracing::debug!(%path, flags = format_args!("{flags:#o}"), "open");
+        let known = self
+            .cache
+            .attr_stale(&path)
+            .map(|a| (a.stat.size, a.stat.mtime));
         let stat = self.revalidate(&path).await?;
         match stat.kind {
             FileKind::Dir => return Err(FsError::IsADirectory(path.to_string())),
@@ -183,11 +187,15 @@ impl<R: RemoteFs> Filesystem<R> {
             }
         }
         let version = (stat.size, stat.mtime);
-        let keep_cache = {
+        let dirty = file.meta.lock().dirty;
+        let (keep_cache, changed) = {
             let mut versions = self.opened_versions.lock();
-            let same = versions.get(&ino) == Some(&version) && !file.meta.lock().dirty;
+            let same = versions.get(&ino) == Some(&version) && !dirty;
+            let changed = !dirty
+                && (known.is_some_and(|k| k != version)
+                    || versions.get(&ino).is_some_and(|v| *v != version));
             versions.insert(ino, version);
-            same && !write
+            (same && !write, changed)
         };
         let fh = self.handles.next_fh();
         self.handles.insert_file(Arc::new(Handle {
@@ -202,7 +210,11 @@ impl<R: RemoteFs> Filesystem<R> {
             small: tokio::sync::Mutex::new(None),
             reader: tokio::sync::Mutex::new(None),
         }));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened {
+            fh,
+            keep_cache,
+            changed,
+        })
     }
 
     /// `create`: a new local file, created on the remote by its first upload.
@@ -268,6 +280,7 @@ impl<R: RemoteFs> Filesystem<R> {
             opened: Opened {
                 fh,
                 keep_cache: false,
+                changed: false,
             },
         })
     }

@@ -79,6 +79,9 @@ pub struct Opened {
     pub fh: u64,
     /// FOPEN_KEEP_CACHE: the file is unchanged since the last open.
     pub keep_cache: bool,
+    /// The remote version differs from one the kernel may hold attributes of (size!):
+    /// the adapter invalidates them, or reads would stop at the old size.
+    pub changed: bool,
 }
 
 /// Answer of `create`.
