@@ -2046,3 +2046,30 @@ async fn open_says_when_the_remote_version_changed_under_the_kernel() {
     assert!(!o.changed && o.keep_cache);
     h.fs.release(o.fh).await.unwrap();
 }
+
+/// A delayed upload keeps the mtime the mount showed (the last write), not the second the
+/// upload happened in: `make` and `find -newer` see no jump.
+#[tokio::test]
+async fn a_delayed_upload_keeps_the_mtime_of_the_last_write() {
+    let h = removal_harness().await;
+    let a = write_new(&h, ROOT_INO, "a", b"one").await;
+    let b = write_new(&h, ROOT_INO, "b", b"two").await;
+    let lone = found(&h, ROOT_INO, "tree").await.attr.ino;
+    let c = write_new(&h, lone, "c", b"three").await;
+    let shown = |ino| {
+        let fs = &h.fs;
+        async move { fs.getattr(ino).await.unwrap().attr.mtime }
+    };
+    let (ma, mb, mc) = (shown(a).await, shown(b).await, shown(c).await);
+    // The upload happens in a later second than the writes.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    h.clock.advance(Duration::from_secs(3));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("a")).unwrap(), b"one");
+    assert_eq!(r(&h).content(&path("tree/c")).unwrap(), b"three");
+    assert_eq!(r(&h).get(&path("a")).unwrap().mtime, ma, "batch of a and b");
+    assert_eq!(r(&h).get(&path("b")).unwrap().mtime, mb);
+    assert_eq!(r(&h).get(&path("tree/c")).unwrap().mtime, mc, "a lone file");
+    assert_eq!(shown(a).await, ma);
+    assert_eq!(shown(c).await, mc);
+}

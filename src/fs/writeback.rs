@@ -2,7 +2,8 @@
 //! batch when a write-back delay is configured.
 //!
 //! Upload routes, chosen per file at upload time:
-//! - empty file, or a pending mtime and the content fits an archive → `put_archive`
+//! - empty file, or a pending mtime (or a last write in an earlier second than the upload:
+//!   delayed write-back) and the content fits an archive → `put_archive`
 //!   (content, mode and mtime in one go; also what makes `touch`, `tar x`, `cp -p` and a
 //!   second `rsync -a` work);
 //! - up to `direct_upload_limit` → `upload`; the attributes are known without a `stat`
@@ -204,7 +205,11 @@ impl<R: RemoteFs> Filesystem<R> {
             };
             let _ = sf.write_manifest(StagedState::Uploading, "", None, false);
             let perm = m.pending_mode.unwrap_or(m.base.perm);
-            let mtime = whole_seconds(m.pending_mtime.unwrap_or_else(SystemTime::now));
+            let mtime = whole_seconds(
+                m.pending_mtime
+                    .or(m.local_mtime)
+                    .unwrap_or_else(SystemTime::now),
+            );
             members.push(ArchiveMember {
                 name: m.path.file_name().to_string(),
                 kind: ArchiveMemberKind::File(data.clone()),
@@ -333,8 +338,14 @@ impl<R: RemoteFs> Filesystem<R> {
     pub(super) async fn send(&self, m: &FileMeta, sf: &StagedFile, size: u64) -> FsResult<Stat> {
         let caps = self.remote.capabilities();
         let perm = m.pending_mode.unwrap_or(m.base.perm);
-        if size == 0 || (m.pending_mtime.is_some() && self.archive_fits(size)) {
-            let mtime = whole_seconds(m.pending_mtime.unwrap_or_else(SystemTime::now));
+        // The mtime the mount has been showing: set, or that of the last write when the
+        // remote would stamp another second (a delayed upload), so it does not jump later.
+        let keep_mtime = m.pending_mtime.or_else(|| {
+            m.local_mtime
+                .filter(|t| whole_seconds(*t) != whole_seconds(SystemTime::now()))
+        });
+        if size == 0 || (keep_mtime.is_some() && self.archive_fits(size)) {
+            let mtime = whole_seconds(keep_mtime.unwrap_or_else(SystemTime::now));
             let data = Bytes::from(sf.read_all()?);
             match self.put_file_archive(&m.path, data, perm, mtime).await {
                 Ok(()) => {
@@ -370,7 +381,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 if stat.perm != perm {
                     stat = self.remote.chmod(&m.path, perm).await?;
                 }
-                if let Some(t) = m.pending_mtime {
+                if let Some(t) = keep_mtime {
                     stat.mtime = whole_seconds(t);
                 }
                 return Ok(stat);
