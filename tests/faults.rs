@@ -473,6 +473,16 @@ fn server_killed_and_restarted_behind_a_live_mount() {
             .is_some_and(|c| c.contains("connect")),
         "{mine}"
     );
+    // A failed write to a listed file leaves its directory listable offline (its stale
+    // attributes stay for stale answers).
+    let a2 = bytes(3500, 4);
+    let err = write_close(&m.p("a"), &a2).expect_err("no server: close must fail");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let listed = m.sh("ls -l");
+    assert!(
+        listed.contains(" a\n") && listed.contains(" d\n"),
+        "{listed}"
+    );
     let started = Instant::now();
     let err = std::fs::read_dir(m.p("d")).and_then(|mut r| r.next().transpose());
     match err {
@@ -504,7 +514,12 @@ fn server_killed_and_restarted_behind_a_live_mount() {
     assert!(wait_for(Duration::from_secs(10), || m
         .sh("ls d")
         .contains("behind")));
-    assert_eq!(std::fs::read(m.p("a")).unwrap(), a);
+    assert!(
+        wait_for(Duration::from_secs(40), || std::fs::read(m.remote("a"))
+            .is_ok_and(|d| d == a2)),
+        "a not re-sent"
+    );
+    assert_eq!(std::fs::read(m.p("a")).unwrap(), a2);
 }
 
 fn recover(m: &MountedFs, args: &[&str]) -> (bool, String) {

@@ -335,10 +335,15 @@ impl MetadataCache {
         self.inner.lock().dirs.remove(dir);
     }
 
-    /// Forgets what we know about `path` itself (its attributes), e.g. after a failed upload.
+    /// Stops trusting what we know about `path` itself (e.g. after a failed upload): the next
+    /// lookup asks the remote, but the attributes stay for the stale answers given while the
+    /// remote is unreachable (a listing of the directory keeps working offline).
     pub fn invalidate(&self, path: &RemotePath) {
+        let now = self.clock.now();
         let mut inner = self.inner.lock();
-        inner.attrs.remove(path);
+        if let Some(e) = inner.attrs.get_mut(path) {
+            e.expires = e.expires.min(now);
+        }
         inner.negative.remove(path);
     }
 
