@@ -2073,3 +2073,53 @@ async fn a_delayed_upload_keeps_the_mtime_of_the_last_write() {
     assert_eq!(shown(a).await, ma);
     assert_eq!(shown(c).await, mc);
 }
+
+#[tokio::test]
+async fn create_in_a_directory_removed_on_the_remote_is_enoent() {
+    let h = harness();
+    r(&h).mkdir_all(&path("gone/deeper"));
+    let gone = found(&h, ROOT_INO, "gone").await.attr.ino;
+    let deeper = found(&h, gone, "deeper").await.attr.ino;
+    r(&h).delete(&path("gone"));
+    h.clock.advance(Duration::from_secs(10));
+    // `ls .` in the shell's cwd finds it gone...
+    assert!(h.fs.opendir(deeper).await.is_err());
+    // ...and a new file there is refused at once instead of being retried forever.
+    let err =
+        h.fs.create(deeper, os("newfile"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOENT);
+}
+
+#[tokio::test]
+async fn a_failing_background_upload_is_retried_less_and_less_often() {
+    let h = harness();
+    r(&h).fail_always("upload", RemoteError::QuotaExceeded("quota".into()));
+    let c =
+        h.fs.create(ROOT_INO, os("big"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"data").await.unwrap();
+    assert!(h.fs.flush(c.opened.fh).await.is_err());
+    h.fs.release(c.opened.fh).await.unwrap();
+    let tries = |h: &H| r(h).calls("upload");
+    assert_eq!(tries(&h), 1);
+    // Retries after 10 s, then 20 s, then 40 s.
+    let mut seen = Vec::new();
+    for _ in 0..80 {
+        h.clock.advance(Duration::from_secs(1));
+        h.fs.writeback_tick().await;
+        seen.push(tries(&h));
+    }
+    let at = |n: u64| seen.iter().position(|&t| t == n).map(|i| i + 1);
+    assert_eq!(
+        (at(2), at(3), at(4)),
+        (Some(10), Some(30), Some(70)),
+        "{seen:?}"
+    );
+    r(&h).clear_faults();
+    h.clock.advance(Duration::from_secs(80));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("big")).unwrap(), b"data");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::handle::{FileMeta, Handle, OpenFile};
-use super::writeback::UPLOAD_RETRY_PAUSE;
+use super::writeback::retry_pause;
 use super::{attr, whole_seconds, Created, Entry, Filesystem, InodeNo, Opened};
 use crate::error::{FsError, FsResult};
 use crate::remote::{FileKind, RemoteFs, RemotePath, Stat};
@@ -36,7 +36,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     pending_mtime: None,
                     base: base.clone(),
                     local_mtime: None,
-                    upload_failed: false,
+                    upload_failures: 0,
                 }),
                 staged: tokio::sync::Mutex::new(None),
             })
@@ -140,7 +140,7 @@ impl<R: RemoteFs> Filesystem<R> {
             let mut m = file.meta.lock();
             let first = !m.dirty;
             m.dirty = true;
-            m.upload_failed = false;
+            m.upload_failures = 0;
             m.staged_size = Some(size);
             m.local_mtime = Some(whole_seconds(SystemTime::now()));
             first
@@ -231,10 +231,19 @@ impl<R: RemoteFs> Filesystem<R> {
         if flags & libc::O_EXCL != 0 && self.resolve(&path).await.is_ok() {
             return Err(FsError::Exists(path.to_string()));
         }
-        if let Some(parent_attr) = self.cache.attr(&self.path_of(parent)?) {
+        let parent_path = self.path_of(parent)?;
+        if let Some(parent_attr) = self.cache.attr(&parent_path) {
             if parent_attr.stat.kind != FileKind::Dir {
                 return Err(FsError::NotADirectory(path.to_string()));
             }
+        }
+        // A directory removed on the remote (a shell still has it as its cwd): the file
+        // could never be uploaded.
+        if matches!(
+            self.cache.lookup(&parent_path),
+            crate::cache::Lookup::Absent
+        ) {
+            return Err(FsError::NotFound(parent_path.to_string()));
         }
         let perm = mode & !umask & 0o7777;
         let now = SystemTime::now();
@@ -361,7 +370,7 @@ impl<R: RemoteFs> Filesystem<R> {
         let h = self.handles.remove_file(fh).ok_or(FsError::BadHandle(fh))?;
         let failed_unchanged = {
             let m = h.file.meta.lock();
-            m.dirty && m.upload_failed && !m.unlinked
+            m.dirty && m.upload_failures > 0 && !m.unlinked
         };
         if failed_unchanged {
             if h.file.meta.lock().handles <= 1 {
@@ -394,13 +403,14 @@ impl<R: RemoteFs> Filesystem<R> {
     /// background until the remote takes it (or at unmount); the staged copy and its manifest
     /// stay meanwhile.
     fn retry_later(&self, file: &Arc<OpenFile>) {
-        {
+        let failures = {
             let m = file.meta.lock();
             if !m.dirty || m.unlinked {
                 return;
             }
-        }
-        let due = self.cache.now() + UPLOAD_RETRY_PAUSE;
+            m.upload_failures
+        };
+        let due = self.cache.now() + retry_pause(failures);
         self.writeback
             .lock()
             .entry(file.ino)

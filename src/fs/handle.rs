@@ -41,10 +41,11 @@ pub struct FileMeta {
     pub base: Stat,
     /// When the local copy was last written.
     pub local_mtime: Option<SystemTime>,
-    /// The last upload failed and the content has not changed since: `release` leaves the
-    /// file to the retry queue rather than failing the same way again at once (its error
-    /// went to the close() that just returned).
-    pub upload_failed: bool,
+    /// Uploads of this content that failed in a row (0 after a change or a success): while
+    /// non-zero `release` leaves the file to the retry queue rather than failing the same
+    /// way again at once (its error went to the close() that just returned), and the retry
+    /// pause grows with it.
+    pub upload_failures: u32,
 }
 
 impl FileMeta {

@@ -24,7 +24,8 @@
 //! visible at once (close-to-open holds for other openers); the remote sees it after the
 //! delay; fsync and unmount never wait for it; a failed delayed upload stays staged and is
 //! retried. A closed file whose upload failed (close() returned the error) joins the same
-//! queue: it is retried every `UPLOAD_RETRY_PAUSE` until the remote takes it, or at unmount.
+//! queue: it is retried after `UPLOAD_RETRY_PAUSE`, doubling with each failure (at most
+//! `UPLOAD_RETRY_PAUSE_MAX`), until the remote takes it, or at unmount.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,8 +43,16 @@ use crate::staging::{StagedFile, StagedState};
 pub(super) const ARCHIVE_OVERHEAD: u64 = 4096;
 /// Batches of delayed uploads sent at once.
 const WRITEBACK_PARALLEL: usize = 4;
-/// Pause before a failed upload of a closed file is tried again in the background.
+/// Pause before a failed upload of a closed file is tried again in the background (the first
+/// time; it doubles with each further failure up to `UPLOAD_RETRY_PAUSE_MAX`).
 pub(super) const UPLOAD_RETRY_PAUSE: Duration = Duration::from_secs(10);
+const UPLOAD_RETRY_PAUSE_MAX: Duration = Duration::from_secs(80);
+
+/// The pause before the next try of an upload that failed `failures` times in a row.
+pub(super) fn retry_pause(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (UPLOAD_RETRY_PAUSE * 2u32.pow(doublings)).min(UPLOAD_RETRY_PAUSE_MAX)
+}
 
 /// Whether the archive route was refused in a way a plain call may work around (not a
 /// transient failure, not quota or permissions).
@@ -155,16 +164,19 @@ impl<R: RemoteFs> Filesystem<R> {
                 let failed = if files.len() == 1 {
                     match self.upload(&files[0], false).await {
                         Ok(()) => Vec::new(),
-                        Err(e) => {
-                            tracing::warn!("background upload failed, retrying in 10 s: {e}");
-                            files.clone()
-                        }
+                        Err(_) => files.clone(),
                     }
                 } else {
                     self.upload_batch(&dir, &files).await
                 };
                 for f in &failed {
-                    let retry = self.cache.now() + UPLOAD_RETRY_PAUSE;
+                    let (path, failures) = {
+                        let m = f.meta.lock();
+                        (m.path.clone(), m.upload_failures)
+                    };
+                    let pause = retry_pause(failures);
+                    tracing::warn!(%path, "background upload failed ({failures} in a row); trying again in {} s", pause.as_secs());
+                    let retry = self.cache.now() + pause;
                     self.writeback.lock().insert(f.ino, (f.clone(), retry));
                 }
                 for f in &files {
@@ -254,8 +266,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 tracing::warn!(%dir, "batched upload failed ({e}); sending the files one by one");
                 let mut failed = Vec::new();
                 for (i, ..) in included {
-                    if let Err(e) = self.upload(&files[i], false).await {
-                        tracing::warn!("background upload failed, retrying in 10 s: {e}");
+                    if self.upload(&files[i], false).await.is_err() {
                         failed.push(files[i].clone());
                     }
                 }
@@ -294,6 +305,9 @@ impl<R: RemoteFs> Filesystem<R> {
                     self.cache.own_changes_landed(&dir);
                 }
                 sf.mark_clean()?;
+                if m.upload_failures > 0 {
+                    tracing::info!(remote = %m.path, "uploaded after {} failed tries; the staged copy is released", m.upload_failures);
+                }
                 {
                     let mut mm = file.meta.lock();
                     mm.dirty = false;
@@ -301,7 +315,7 @@ impl<R: RemoteFs> Filesystem<R> {
                     mm.pending_mode = None;
                     mm.pending_mtime = None;
                     mm.local_mtime = None;
-                    mm.upload_failed = false;
+                    mm.upload_failures = 0;
                     mm.base = stat.clone();
                     mm.staged_size = Some(size);
                 }
@@ -322,7 +336,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 let _ = sf.sync();
                 let sha = sf.sha256().unwrap_or_default();
                 let _ = sf.write_manifest(StagedState::Failed, &sha, Some(e.to_string()), true);
-                file.meta.lock().upload_failed = true;
+                file.meta.lock().upload_failures += 1;
                 tracing::error!(
                     remote = %m.path,
                     staged = %sf.data_path().display(),
