@@ -2123,3 +2123,17 @@ async fn a_failing_background_upload_is_retried_less_and_less_often() {
     h.fs.writeback_tick().await;
     assert_eq!(r(&h).content(&path("big")).unwrap(), b"data");
 }
+
+#[tokio::test]
+async fn fsyncdir_sends_what_the_directory_holds_back() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    write_new(&h, tree, "new", b"fresh").await;
+    h.fs.unlink(tree, os("f00")).await.unwrap();
+    assert!(r(&h).get(&path("tree/new")).is_none() && r(&h).get(&path("tree/f00")).is_some());
+    h.fs.fsyncdir(tree).await.unwrap();
+    assert_eq!(r(&h).content(&path("tree/new")).unwrap(), b"fresh");
+    assert!(r(&h).get(&path("tree/f00")).is_none());
+    assert!(h.fs.pending_removals().is_empty());
+    assert_eq!(h.fs.writeback_pending(), 0);
+}

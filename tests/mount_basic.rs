@@ -453,3 +453,15 @@ fn a_file_grown_on_the_remote_is_never_read_cut_at_its_old_size() {
         previous = content;
     }
 }
+
+/// Python's open() asks isatty (an ioctl) of every file, tools fsync directories and try
+/// copy_file_range: answered quietly, not one "[Not Implemented]" warning each.
+#[test]
+fn unsupported_requests_are_answered_quietly() {
+    let m = MountedFs::start();
+    m.sh("python3 -c \"open('p.txt', 'w').write('x'); print(open('p.txt').read())\"");
+    m.sh("python3 -c \"import os; fd = os.open('.', os.O_RDONLY); os.fsync(fd); os.close(fd)\"");
+    m.sh("cp p.txt q.txt && cmp p.txt q.txt");
+    let log = m.log();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}

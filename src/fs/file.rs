@@ -402,7 +402,7 @@ impl<R: RemoteFs> Filesystem<R> {
     /// A closed file whose upload failed: nobody else will send it, so it is retried in the
     /// background until the remote takes it (or at unmount); the staged copy and its manifest
     /// stay meanwhile.
-    fn retry_later(&self, file: &Arc<OpenFile>) {
+    pub(super) fn retry_later(&self, file: &Arc<OpenFile>) {
         let failures = {
             let m = file.meta.lock();
             if !m.dirty || m.unlinked {

@@ -79,6 +79,34 @@ impl<R: RemoteFs> Filesystem<R> {
         }
     }
 
+    /// `fsyncdir`: what this mount still holds back for directory `dir` reaches the remote:
+    /// its queued removals and the delayed uploads of its new files.
+    pub async fn fsyncdir(&self, ino: super::InodeNo) -> crate::error::FsResult<()> {
+        let dir = self.path_of(ino)?;
+        self.settle_removals(&dir).await;
+        let queued: Vec<std::sync::Arc<super::handle::OpenFile>> = {
+            let mut q = self.writeback.lock();
+            let inos: Vec<super::InodeNo> = q
+                .iter()
+                .filter(|(_, (f, _))| f.meta.lock().path.parent().as_ref() == Some(&dir))
+                .map(|(ino, _)| *ino)
+                .collect();
+            inos.iter()
+                .filter_map(|i| q.remove(i).map(|(f, _)| f))
+                .collect()
+        };
+        let mut result = Ok(());
+        for f in queued {
+            if let Err(e) = self.upload(&f, true).await {
+                self.retry_later(&f);
+                result = Err(e);
+            } else {
+                self.drop_if_idle(&f).await;
+            }
+        }
+        result
+    }
+
     /// `path` is gone on the remote with everything below it (a recursive `rm` of a
     /// directory): its queued removals are done.
     pub(super) fn removals_done_below(&self, path: &RemotePath) {
