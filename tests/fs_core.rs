@@ -2137,3 +2137,25 @@ async fn fsyncdir_sends_what_the_directory_holds_back() {
     assert!(h.fs.pending_removals().is_empty());
     assert_eq!(h.fs.writeback_pending(), 0);
 }
+
+/// An append right after a change on the remote (within the attribute TTL) starts from the
+/// remote's new version: the change is not overwritten by the cached older content.
+#[tokio::test]
+async fn an_append_within_the_ttl_keeps_a_change_made_on_the_remote() {
+    let h = harness();
+    r(&h).put_file(&path("conf"), b"base\n", t(1_000));
+    let ino = found(&h, ROOT_INO, "conf").await.attr.ino;
+    assert_eq!(read_all(&h, ino).await, b"base\n");
+    r(&h).put_file(&path("conf"), b"base\nremote-line\n", t(2_000));
+    let o =
+        h.fs.open(ino, libc::O_WRONLY | libc::O_APPEND)
+            .await
+            .unwrap();
+    h.fs.write(o.fh, 0, b"local-line\n").await.unwrap();
+    h.fs.flush(o.fh).await.unwrap();
+    h.fs.release(o.fh).await.unwrap();
+    assert_eq!(
+        r(&h).content(&path("conf")).unwrap(),
+        b"base\nremote-line\nlocal-line\n"
+    );
+}

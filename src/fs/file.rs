@@ -166,14 +166,24 @@ impl<R: RemoteFs> Filesystem<R> {
             .cache
             .attr_stale(&path)
             .map(|a| (a.stat.size, a.stat.mtime));
-        let stat = self.revalidate(&path).await?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = write && flags & libc::O_TRUNC != 0;
+        // A writer that keeps the content (append, patch) starts from the remote's version
+        // of now, not of up to a TTL ago (NFS's close-to-open): a change made on the remote
+        // a moment before is not overwritten with the older content.
+        let local = self
+            .open_file_by_path(&path)
+            .is_some_and(|f| f.meta.lock().is_local());
+        let stat = if write && !truncate && !local {
+            self.stat_path(&path).await?
+        } else {
+            self.revalidate(&path).await?
+        };
         match stat.kind {
             FileKind::Dir => return Err(FsError::IsADirectory(path.to_string())),
             FileKind::File => {}
             _ => return Err(FsError::NotPermitted(format!("cannot open {path}"))),
         }
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let truncate = write && flags & libc::O_TRUNC != 0;
         let file = self.acquire_file(ino, &path, &stat);
         if !file.meta.lock().is_local() {
             file.meta.lock().base = stat.clone();
