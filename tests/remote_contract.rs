@@ -108,6 +108,15 @@ async fn suite(remote: &impl RemoteFs, root: &RemotePath, faulty: bool) {
     let st = remote.stat(&hello).await.unwrap();
     assert_eq!((st.kind, st.size), (FileKind::File, 18));
     assert!(st.ino.is_some() && st.atime.is_some());
+    // sha256 of "hello again, world".
+    assert_eq!(
+        remote.checksum(&hello).await.unwrap(),
+        "52497b8d81c2f47d0062415c7500fdd56a5238e0236a2c598c38260eabe1189e"
+    );
+    assert_not_found(
+        remote.checksum(&dir.join("absent").unwrap()).await,
+        "checksum of a missing file",
+    );
     let listing = remote.list(&dir).await.unwrap();
     let e = listing.iter().find(|e| e.name == "hello.txt").unwrap();
     assert_eq!(

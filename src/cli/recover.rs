@@ -49,6 +49,9 @@ pub struct RecoverArgs {
 pub enum Outcome {
     /// Uploaded and confirmed; removed from staging.
     Uploaded,
+    /// The remote already holds exactly these bytes (the write landed before the daemon
+    /// died); removed from staging.
+    AlreadyThere,
     /// The remote changed since the write began; kept (use `--force`).
     Conflict(String),
     /// The upload failed; kept.
@@ -128,7 +131,14 @@ pub async fn recover_one<R: RemoteFs>(remote: &R, l: &Leftover, force: bool) -> 
     };
     if !force {
         if let Err(why) = unchanged(l.manifest.base, current.as_ref()) {
-            return Outcome::Conflict(why);
+            return match current {
+                Some(s) if same_content(remote, &path, &s, l).await => {
+                    let _ = std::fs::remove_file(&l.manifest_path);
+                    let _ = std::fs::remove_file(&l.data_path);
+                    Outcome::AlreadyThere
+                }
+                _ => Outcome::Conflict(why),
+            };
         }
     }
     let size = match std::fs::metadata(&l.data_path) {
@@ -177,6 +187,33 @@ pub async fn recover_one<R: RemoteFs>(remote: &R, l: &Leftover, force: bool) -> 
     let _ = std::fs::remove_file(&l.manifest_path);
     let _ = std::fs::remove_file(&l.data_path);
     Outcome::Uploaded
+}
+
+/// Whether the remote file `stat` holds exactly the staged bytes (same size, then the
+/// remote's SHA-256 against the staged copy's). `false` when it cannot tell.
+async fn same_content<R: RemoteFs>(
+    remote: &R,
+    path: &RemotePath,
+    stat: &Stat,
+    l: &Leftover,
+) -> bool {
+    let Ok(meta) = std::fs::metadata(&l.data_path) else {
+        return false;
+    };
+    if stat.kind != crate::remote::FileKind::File || meta.len() != stat.size {
+        return false;
+    }
+    let local = match crate::staging::sha256_of(&l.data_path) {
+        Ok(s) => s,
+        Err(_) => return false,
+    };
+    match remote.checksum(path).await {
+        Ok(sum) => sum == local,
+        Err(e) => {
+            tracing::debug!(%path, "cannot compare with the remote's checksum: {e}");
+            false
+        }
+    }
 }
 
 /// The staging dirs `recover` looks at: the one given, else every remote's own directory
@@ -337,6 +374,10 @@ fn recover_dir(
         let outcome = rt.block_on(recover_one(client, l, args.force));
         match &outcome {
             Outcome::Uploaded => println!("uploaded {}", l.manifest.remote_path),
+            Outcome::AlreadyThere => println!(
+                "{} already holds these bytes on the remote; staged copy removed",
+                l.manifest.remote_path
+            ),
             Outcome::Conflict(why) => {
                 kept += 1;
                 println!(
@@ -356,4 +397,53 @@ fn recover_dir(
         }
     }
     Ok((true, kept))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::memory::MemoryRemote;
+    use crate::staging::{Manifest, StagedState};
+
+    fn leftover(dir: &Path, remote_path: &str, data: &[u8]) -> Leftover {
+        let data_path = dir.join("x.data");
+        let manifest_path = dir.join("x.json");
+        std::fs::write(&data_path, data).unwrap();
+        std::fs::write(&manifest_path, b"{}").unwrap();
+        Leftover {
+            manifest: Manifest {
+                remote_path: remote_path.into(),
+                size: data.len() as u64,
+                sha256: String::new(),
+                time: 0,
+                state: StagedState::Uploading,
+                cause: None,
+                data_file: "x.data".into(),
+                base: None,
+            },
+            data_path,
+            manifest_path,
+        }
+    }
+
+    /// The daemon died after its upload landed (the manifest still says uploading): the
+    /// remote "changed", but to exactly these bytes, so nothing is refused or sent.
+    #[tokio::test]
+    async fn a_staged_copy_the_remote_already_holds_is_released_not_refused() {
+        let remote = MemoryRemote::new(1, 1);
+        remote.mkdir_all("/home/u");
+        remote.put_file("/home/u/big", b"the same bytes", SystemTime::now());
+        let dir = tempfile::tempdir().unwrap();
+        let l = leftover(dir.path(), "/home/u/big", b"the same bytes");
+        let outcome = recover_one(&remote, &l, false).await;
+        assert!(matches!(outcome, Outcome::AlreadyThere), "{outcome:?}");
+        assert!(!l.data_path.exists() && !l.manifest_path.exists());
+        assert_eq!(remote.calls("upload"), 0);
+
+        // Same size, other bytes: still a conflict, kept.
+        let l = leftover(dir.path(), "/home/u/big", b"other  content");
+        let outcome = recover_one(&remote, &l, false).await;
+        assert!(matches!(outcome, Outcome::Conflict(_)), "{outcome:?}");
+        assert!(l.data_path.exists());
+    }
 }

@@ -332,6 +332,17 @@ impl RemoteFs for MemoryRemote {
             .ok_or_else(|| RemoteError::InvalidArgument(format!("not a symlink: {path}")))
     }
 
+    async fn checksum(&self, path: &RemotePath) -> RemoteResult<String> {
+        use sha2::Digest;
+        self.enter("checksum").await?;
+        let node = self.lookup(path)?;
+        if node.kind == FileKind::Dir {
+            return Err(RemoteError::IsADirectory(path.to_string()));
+        }
+        let digest = sha2::Sha256::digest(&node.content);
+        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     async fn download(&self, path: &RemotePath) -> RemoteResult<Bytes> {
         self.enter("download").await?;
         let node = self.lookup(path)?;

@@ -316,8 +316,8 @@ impl RemoteError {
 /// Result alias for the remote layer.
 pub type RemoteResult<T> = Result<T, RemoteError>;
 
-/// Everything the filesystem core may ask of FirecREST. Implemented by `v2::V2Client` and
-/// `v1::V1Client`; tests run one contract suite against both.
+/// Everything the filesystem core may ask of FirecREST. Implemented by `v2::V2Client`, and by
+/// `memory::MemoryRemote` for tests without a server.
 ///
 /// All calls are lstat-flavoured (a final symlink is not followed) and take absolute paths.
 /// Implementations retry transient failures themselves (only idempotent calls blindly) and
@@ -366,6 +366,13 @@ pub trait RemoteFs: Send + Sync + 'static {
     ) -> impl Future<Output = RemoteResult<Vec<FetchedFile>>> + Send {
         let dir = dir.to_string();
         async move { Err(RemoteError::Unsupported(format!("batched reads of {dir}"))) }
+    }
+
+    /// SHA-256 of a remote file's content, lower-case hex (one call; `recover` compares a
+    /// staged copy with what the remote already holds).
+    fn checksum(&self, path: &RemotePath) -> impl Future<Output = RemoteResult<String>> + Send {
+        let path = path.to_string();
+        async move { Err(RemoteError::Unsupported(format!("checksum of {path}"))) }
     }
 
     /// `mkdir` (no parents); returns the new directory's attributes.

@@ -280,17 +280,7 @@ impl StagedFile {
 
     /// Hex sha256 of the content.
     pub fn sha256(&self) -> std::io::Result<String> {
-        let mut f = File::open(&self.data_path)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        sha256_of(&self.data_path)
     }
 
     /// Writes (atomically replaces) the manifest; `durable` also fsyncs it.
@@ -346,6 +336,21 @@ impl StagedFile {
         self.mark_clean()?;
         fs::remove_file(&self.data_path)
     }
+}
+
+/// Hex sha256 of a file's content (read in 1 MiB pieces).
+pub fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

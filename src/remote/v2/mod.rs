@@ -405,6 +405,19 @@ impl RemoteFs for V2Client {
         Ok(parse::stat_output_to_stat(&self.stat_raw(path).await?))
     }
 
+    async fn checksum(&self, path: &RemotePath) -> RemoteResult<String> {
+        // The real server cannot split sha256sum's output for a path with spaces (500).
+        check_path_chars(path.as_str(), false)?;
+        if path.as_str().contains(' ') {
+            return Err(RemoteError::Unsupported(format!(
+                "checksum of {path}: a space in the path"
+            )));
+        }
+        let call = Call::api(Method::GET, self.ops("checksum"), true).query("path", path.as_str());
+        let out: Output<wire::Checksum> = self.inner.http.send(&call).await?.json()?;
+        Ok(out.output.checksum.to_ascii_lowercase())
+    }
+
     async fn read_link(&self, path: &RemotePath) -> RemoteResult<String> {
         check_path_chars(path.as_str(), false)?;
         let call = Call::api(Method::GET, self.ops("ls"), true).query("path", path.as_str());
