@@ -102,6 +102,7 @@ impl Transfers {
             board: self.clone(),
             id,
             t,
+            failed: false,
         }
     }
 
@@ -135,6 +136,7 @@ pub struct TransferGuard {
     board: Arc<Transfers>,
     id: u64,
     t: Arc<Transfer>,
+    failed: bool,
 }
 
 impl TransferGuard {
@@ -148,6 +150,12 @@ impl TransferGuard {
     pub fn add(&self, n: u64) {
         let done = self.t.done.fetch_add(n, Ordering::Relaxed) + n;
         self.maybe_log(done);
+    }
+
+    /// The transfer did not complete (its error is logged where it is handled): no summary
+    /// line that reads like a success.
+    pub fn failed(mut self) {
+        self.failed = true;
     }
 
     /// What the transfer waits for now ("staging", "transfer", "finishing").
@@ -198,7 +206,9 @@ impl Drop for TransferGuard {
     fn drop(&mut self) {
         self.board.map.lock().remove(&self.id);
         let elapsed = self.t.started.elapsed();
-        if elapsed >= LOG_EVERY {
+        if self.failed {
+            tracing::debug!(path = %self.t.path, "transfer failed after {:.1} s", elapsed.as_secs_f64());
+        } else if elapsed >= LOG_EVERY {
             let done = self.t.done.load(Ordering::Relaxed).min(self.t.total);
             tracing::info!(
                 "{} {}: {} in {:.1} s ({}/s)",
@@ -254,7 +264,7 @@ fn eta(done: u64, total: u64, rate: f64) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StagedRow {
     pub path: String,
-    /// "dirty", "uploading", "failed", or "from an earlier run".
+    /// "waiting", "uploading", "retrying" (after a failure), "failed", or "from an earlier run".
     pub state: String,
     pub size: u64,
     pub cause: Option<String>,

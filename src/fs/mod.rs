@@ -306,6 +306,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 // The staged lock is held while an upload runs (or a write is staged); else
                 // the manifest tells whether the last upload failed, and why.
                 let (state, cause) = match f.staged.try_lock() {
+                    Err(_) if m.upload_failures > 0 => ("retrying".to_string(), None),
                     Err(_) => ("uploading".to_string(), None),
                     Ok(g) => g
                         .as_ref()

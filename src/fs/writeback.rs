@@ -427,10 +427,17 @@ impl<R: RemoteFs> Filesystem<R> {
             let transfer =
                 self.transfers
                     .start(m.path.as_str(), crate::status::Direction::Upload, size);
-            self.remote
+            let sent = self
+                .remote
                 .upload_large(&m.path, sf.data_path(), size, Some(transfer.progress()))
-                .await?;
-            drop(transfer);
+                .await;
+            match sent {
+                Ok(()) => drop(transfer),
+                Err(e) => {
+                    transfer.failed();
+                    return Err(e.into());
+                }
+            }
         }
         let mut stat = self.remote.stat(&m.path).await?;
         if m.new {
