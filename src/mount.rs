@@ -283,10 +283,11 @@ pub fn serve_mount<R: RemoteFs>(
     }
     if !fs.leftovers().is_empty() {
         let dir = fs.staging_dir().display();
+        let system = fsname.split(':').next().unwrap_or("SYSTEM");
         eprintln!(
             "f7tfs: {} staged write(s) of an earlier run never reached the remote; they are kept \
              in {dir} (after unmounting, `f7tfs recover --staging-dir {dir}` lists them and \
-             `f7tfs recover --staging-dir {dir} SYSTEM` uploads them)",
+             `f7tfs recover --staging-dir {dir} {system}` uploads them)",
             fs.leftovers().len(),
         );
     }

@@ -315,6 +315,11 @@ fn status_shows_a_large_upload_in_flight() {
     let (code, idle) = status(&m, &[&mp]);
     assert_eq!(code, 0, "{idle}");
     assert!(idle.contains(&mp), "{idle}");
+    // A folder inside the mount names the mount.
+    fs::create_dir(m.p("sub")).unwrap();
+    let (code, inside) = status(&m, &[&format!("{mp}/sub")]);
+    assert_eq!(code, 0, "{inside}");
+    assert!(inside.contains(&mp), "{inside}");
     let local = tempfile::tempdir().unwrap();
     let src = local.path().join("slow.bin");
     make_sparse(&src, 64 << 20, 5);

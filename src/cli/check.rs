@@ -187,14 +187,20 @@ async fn check_remote(cfg: &RemoteConfig, path: &RemotePath, write: bool) -> Res
             ),
         ));
     }
-    if stat.kind == FileKind::Dir {
-        println!("ok: {}:{path} can be mounted", cfg.system);
-    } else {
-        println!(
-            "ok: {}:{path} is reachable (a {kind}: mount its directory)",
-            cfg.system
-        );
+    if stat.kind != FileKind::Dir {
+        // `f7tfs mount` would refuse it: say so here, with the path that works.
+        let parent = path
+            .parent()
+            .map_or_else(|| "/".to_string(), |p| p.to_string());
+        return Err(Failure(
+            EXIT_UNUSABLE,
+            format!(
+                "{}:{path} is a {kind}, and f7tfs mounts directories; use its directory: {}:{parent}",
+                cfg.system, cfg.system
+            ),
+        ));
     }
+    println!("ok: {}:{path} can be mounted", cfg.system);
     Ok(())
 }
 

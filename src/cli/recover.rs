@@ -298,14 +298,20 @@ fn list_dir(dir: &Path, list_only: bool) -> Result<bool, String> {
     for l in &found {
         println!("  {}", describe(l));
     }
+    // The mount records which remote the dir belongs to (`SYSTEM:/path`).
+    let system = std::fs::read_to_string(dir.join(REMOTE_FILE))
+        .ok()
+        .and_then(|s| s.split(':').next().map(str::trim).map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "SYSTEM".into());
     if in_use(dir) {
         println!(
             "a running mount holds this staging dir: it sends the files it wrote; those of an \
-             earlier run wait until it is unmounted and `f7tfs recover SYSTEM` uploads them"
+             earlier run wait until it is unmounted and `f7tfs recover {system}` uploads them"
         );
     } else if !list_only {
         println!(
-            "upload them with `f7tfs recover SYSTEM`, or delete them with \
+            "upload them with `f7tfs recover {system}`, or delete them with \
              `f7tfs recover --discard`"
         );
     }

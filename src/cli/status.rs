@@ -20,7 +20,7 @@ pub const EXIT_NO_MOUNT: i32 = 2;
     the mounting user; each daemon rewrites its own every second."
 )]
 pub struct StatusArgs {
-    /// Only this mount (default: all of this user's mounts).
+    /// Only this mount, or the one holding this folder (default: all of this user's mounts).
     pub mountpoint: Option<PathBuf>,
     /// Refresh every second until interrupted.
     #[arg(long, short)]
@@ -37,10 +37,17 @@ fn matching(args: &StatusArgs) -> Result<Vec<MountState>, String> {
     let Some(mp) = &args.mountpoint else {
         return Ok(states);
     };
+    // A folder inside a mount names that mount (the innermost one, if mounts nest).
     let want = std::fs::canonicalize(mp).unwrap_or_else(|_| mp.clone());
+    let innermost = states
+        .iter()
+        .map(|s| std::path::Path::new(&s.mountpoint))
+        .filter(|m| want.starts_with(m))
+        .max_by_key(|m| m.components().count())
+        .map(|m| m.to_path_buf());
     Ok(states
         .into_iter()
-        .filter(|s| std::path::Path::new(&s.mountpoint) == want)
+        .filter(|s| Some(std::path::Path::new(&s.mountpoint)) == innermost.as_deref())
         .collect())
 }
 
