@@ -855,12 +855,22 @@ async fn large_file_ranges_stay_on_disk_and_reopen_needs_no_job() {
     let got = r(&h).content(&path("big.bin")).unwrap();
     assert_eq!(&got[..data.len()], &data[..]);
     assert_eq!(&got[data.len()..], b"tail");
-    // The changed file (new size) misses the old version's cache.
+    // Our own upload left the new version in the cache: reading it back costs nothing.
     r(&h).reset_calls();
     h.clock.advance(Duration::from_secs(10));
     let mut want = data.clone();
     want.extend_from_slice(b"tail");
     assert_eq!(read_all(&h, ino).await, want);
+    assert_eq!(r(&h).range_bytes(), 0);
+    assert_eq!(r(&h).calls("stage_download"), 0);
+    // A version changed on the remote misses it.
+    r(&h).put_file(
+        &path("big.bin"),
+        &data,
+        SystemTime::now() + Duration::from_secs(5),
+    );
+    h.clock.advance(Duration::from_secs(10));
+    assert_eq!(read_all(&h, ino).await, data);
     assert!(r(&h).range_bytes() > 0);
 }
 

@@ -235,6 +235,12 @@ fn a_50mb_file_through_the_staging_area() {
     assert_eq!(calls(&m, "POST transfer/upload"), 1);
     assert_eq!(calls(&m, "PUT s3/part"), size.div_ceil(PART));
     assert_eq!(calls(&m, "POST s3/complete"), 1);
+    // Reading back what was just written (cp, then cmp) needs no transfer: our upload left
+    // its bytes in the content cache.
+    m.server().reset_stats();
+    assert_eq!(sha256(&m.p("up.bin")), want);
+    assert_eq!(calls(&m, "POST transfer/download"), 0);
+    assert_eq!(s3_get_bytes(&m), 0, "read back from the content cache");
 
     // Append to a big file: fetched first (parallel ranges), then uploaded whole.
     m.server().reset_stats();

@@ -200,6 +200,66 @@ impl ContentCache {
         }
     }
 
+    /// Stores a copy of file `src` (`size` bytes) as this version's whole content (our own
+    /// upload of a large file: reading it back needs no transfer). Not kept beyond the bound.
+    pub fn put_file(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        mtime: SystemTime,
+        src: &Path,
+    ) -> std::io::Result<Option<PathBuf>> {
+        if size > self.max_size {
+            self.forget(path, size, mtime);
+            return Ok(None);
+        }
+        let key = Self::key(path, size, mtime);
+        let name = Self::fresh_name(&key);
+        let dest = self.dir.join(&name);
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let copied = fs::copy(src, &tmp).and_then(|n| {
+            if n == size {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!(
+                    "copied {n} bytes, expected {size}"
+                )))
+            }
+        });
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            self.forget(path, size, mtime);
+            return Err(e);
+        }
+        fs::rename(&tmp, &dest)?;
+        Ok(self.adopt(key, name, size).then_some(dest))
+    }
+
+    /// Records `file` (already in place) as the whole content of `key`; evicts beyond the
+    /// bound; whether the entry is kept.
+    fn adopt(&self, key: String, file: String, size: u64) -> bool {
+        let mut present = RangeSet::default();
+        present.insert(0, size);
+        let (gone, kept) = {
+            let mut index = self.index.lock();
+            let mut gone = Vec::new();
+            if let Some(old) = index.lru.pop(&key) {
+                index.used -= old.present.total();
+                gone.push(old.file);
+            }
+            index.used += size;
+            index.lru.put(key.clone(), Entry { file, present });
+            index.lru.promote(&key);
+            gone.extend(self.evict(&mut index));
+            let kept = index.lru.contains(&key);
+            (gone, kept)
+        };
+        self.remove_files(gone);
+        kept
+    }
+
     /// Stores `data` as this version's whole content; returns where it lives. Evicts the
     /// least recently used entries beyond the size bound. A file larger than the bound is not
     /// kept.
@@ -224,31 +284,7 @@ impl ContentCache {
             f.write_all(data)?;
         }
         fs::rename(&tmp, &dest)?;
-        let mut present = RangeSet::default();
-        present.insert(0, data.len() as u64);
-        let (gone, kept) = {
-            let mut index = self.index.lock();
-            let mut gone = Vec::new();
-            if let Some(old) = index.lru.pop(&key) {
-                index.used -= old.present.total();
-                gone.push(old.file);
-            }
-            index.used += data.len() as u64;
-            index.lru.put(
-                key.clone(),
-                Entry {
-                    file: name,
-                    present,
-                },
-            );
-            // The newest entry goes last only if nothing else is left to evict.
-            index.lru.promote(&key);
-            gone.extend(self.evict(&mut index));
-            let kept = index.lru.contains(&key);
-            (gone, kept)
-        };
-        self.remove_files(gone);
-        Ok(kept.then_some(dest))
+        Ok(self.adopt(key, name, data.len() as u64).then_some(dest))
     }
 
     /// Drops this version's entry (a same-size rewrite within the mtime's second looks like

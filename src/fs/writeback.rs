@@ -323,11 +323,18 @@ impl<R: RemoteFs> Filesystem<R> {
                 // The version this write replaced is gone for good; the cache now holds this
                 // write's content, or nothing for this version.
                 self.forget_version(&m.path, m.base.size, m.base.mtime);
-                match self.is_small(size).then(|| sf.read_all()) {
-                    Some(Ok(data)) => {
-                        let _ = self.content.put(&m.path, size, stat.mtime, &data);
-                    }
-                    _ => self.forget_version(&m.path, size, stat.mtime),
+                // A large one is copied from the staged file: reading back what was just
+                // written (cp then cmp) needs no transfer job.
+                self.staged_objects.lock().retain(|(p, ..), _| p != &m.path);
+                let cached = match self.is_small(size).then(|| sf.read_all()) {
+                    Some(Ok(data)) => self.content.put(&m.path, size, stat.mtime, &data),
+                    Some(Err(e)) => Err(e),
+                    None => self
+                        .content
+                        .put_file(&m.path, size, stat.mtime, sf.data_path()),
+                };
+                if cached.is_err() {
+                    self.forget_version(&m.path, size, stat.mtime);
                 }
                 self.opened_versions.lock().remove(&file.ino);
                 Ok(())
