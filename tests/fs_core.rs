@@ -2169,3 +2169,49 @@ async fn an_append_within_the_ttl_keeps_a_change_made_on_the_remote() {
         b"base\nremote-line\nlocal-line\n"
     );
 }
+
+/// The API's rm is recursive: rmdir asks the remote whether the directory is empty, so a
+/// file a job wrote there behind the mount (fresh cached listing or not) is never taken along.
+#[tokio::test]
+async fn rmdir_never_takes_along_a_file_the_mount_did_not_know_of() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    let sub = found(&h, tree, "sub").await.attr.ino;
+    let d = h.fs.opendir(sub).await.unwrap();
+    h.fs.readdir(sub, d.fh, 0).await.unwrap();
+    h.fs.releasedir(d.fh);
+    for i in 0..5 {
+        h.fs.unlink(sub, os(&format!("g{i}"))).await.unwrap();
+    }
+    r(&h).put_file(&path("tree/sub/from-a-job"), b"results", t(5_000));
+    let err = h.fs.rmdir(tree, os("sub")).await.unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    assert_eq!(
+        r(&h).content(&path("tree/sub/from-a-job")).unwrap(),
+        b"results"
+    );
+    // Our own unlinks still reach the remote.
+    h.clock.advance(Duration::from_secs(3));
+    h.fs.writeback_tick().await;
+    assert!(r(&h).get(&path("tree/sub/g0")).is_none());
+    assert!(r(&h).get(&path("tree/sub/from-a-job")).is_some());
+}
+
+/// While unlinks keep coming in a directory (`rm -r` of a big one takes a while), its queued
+/// removals wait for the rmdir instead of going out one by one.
+#[tokio::test]
+async fn queued_removals_of_a_directory_wait_while_unlinks_keep_coming() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    r(&h).reset_calls();
+    for i in 0..30 {
+        h.fs.unlink(tree, os(&format!("f{i:02}"))).await.unwrap();
+        h.clock.advance(Duration::from_millis(500));
+        h.fs.writeback_tick().await;
+    }
+    assert_eq!(r(&h).calls("remove"), 0, "15 s of unlinks, none sent yet");
+    rm_r(&h, tree, "sub").await;
+    h.fs.rmdir(ROOT_INO, os("tree")).await.unwrap();
+    assert_eq!(r(&h).calls("remove"), 2);
+    assert!(r(&h).get(&path("tree")).is_none());
+}

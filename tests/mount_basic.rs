@@ -195,7 +195,8 @@ fn ls_l_find_du_of_2000_files_cost_one_listing() {
 }
 
 /// `rm -r` with the default write-back delay: the unlinks wait and the rmdir's one recursive
-/// `rm` takes them all, one call instead of 2,001, and the tree is gone when rm returns.
+/// `rm` takes them all, an `ls` and an `rm` instead of 2,001 calls, and the tree is gone when
+/// rm returns.
 #[test]
 fn rm_r_of_2000_files_is_one_remote_rm() {
     let m = MountedFs::start_with(&["--writeback-delay", "2"], |_| {});
@@ -218,7 +219,8 @@ fn rm_r_of_2000_files_is_one_remote_rm() {
         2,
         "many/sub and many: {stats:?}"
     );
-    assert!(stats.total_calls() <= 4, "{stats:?}");
+    // Plus one `ls` per rmdir (empty on the remote itself?) and rm's own listing of sub.
+    assert!(stats.total_calls() <= 6, "{stats:?}");
     // A lone unlink goes out after the delay; the mount never shows it meanwhile.
     m.sh("rm kept; test ! -e kept");
     let asked = std::time::Instant::now();

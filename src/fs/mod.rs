@@ -169,7 +169,7 @@ pub struct Filesystem<R: RemoteFs> {
     /// Files whose upload waits for the write-back delay, with their due time.
     writeback: Mutex<HashMap<InodeNo, (Arc<OpenFile>, std::time::Instant)>>,
     /// Unlinked files whose remote removal waits (`remove`).
-    removals: remove::RemovalQueue,
+    removals: remove::Removals,
     statfs: StatFs,
     leftovers: Vec<Leftover>,
     /// Until when the remote counts as unreachable: metadata answers come from the (stale)
@@ -758,14 +758,17 @@ impl<R: RemoteFs> Filesystem<R> {
         Ok(())
     }
 
-    /// Whether `dir` has entries (cache, local new files, else one `list`).
+    /// Whether `dir` has entries (local new files, a cached listing that has some, else one
+    /// `list`: our queued removals do not count).
     async fn dir_has_entries(&self, dir: &RemotePath) -> FsResult<bool> {
         if !self.local_children(dir).is_empty() {
             return Ok(true);
         }
-        if let Some(empty) = self.cache.is_empty_dir(dir) {
-            return Ok(!empty);
+        if self.cache.is_empty_dir(dir) == Some(false) {
+            return Ok(true);
         }
+        // "Empty" is asked of the remote itself, not of a cached listing: its `rm` is
+        // recursive, and would take along a file a job wrote there a moment ago.
         Ok(!self.list_dir(dir).await?.is_empty())
     }
 
@@ -776,6 +779,8 @@ impl<R: RemoteFs> Filesystem<R> {
         if a.stat.kind != FileKind::Dir {
             return Err(FsError::NotADirectory(path.to_string()));
         }
+        // No queued removal is sent while the directory is checked and removed.
+        let _gate = self.removal_gate().await;
         if self.dir_has_entries(&path).await? {
             return Err(FsError::NotEmpty(path.to_string()));
         }

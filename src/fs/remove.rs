@@ -2,7 +2,9 @@
 //! (no open handle, in a directory the remote user may write) answers at once and queues the
 //! remote `rm`. `rmdir` of a directory whose entries went that way removes it with the one
 //! recursive `rm` the API has, which takes the queued entries with it: `rm -r` of a directory
-//! of N files costs one `rm` instead of N + 1.
+//! of N files costs one `ls` (is it empty on the remote, but for our queued entries?) and one
+//! `rm` instead of N + 1 calls. Sending queued removals and an rmdir's check-and-remove
+//! exclude each other (`Removals::sending`): the remote's `ls` fails while entries vanish.
 //!
 //! Until it is sent a queued path is absent inside the mount (lookups, stats and listings
 //! skip it). Queued removals go out when due (side by side), before an op that reuses their
@@ -33,7 +35,7 @@ fn may_write(perm: u32, owner: u32, me: u32) -> bool {
 impl<R: RemoteFs> Filesystem<R> {
     /// Whether a removal of `path` waits in the queue.
     pub(super) fn removal_pending(&self, path: &RemotePath) -> bool {
-        self.removals.lock().contains_key(path)
+        self.removals.pending.lock().contains_key(path)
     }
 
     /// Queues the remote removal of `path` (a file or symlink with attributes `stat`) when
@@ -56,16 +58,26 @@ impl<R: RemoteFs> Filesystem<R> {
             tracing::debug!(%path, perm = format!("{:o}", dir.stat.perm), owner = dir.stat.uid, me, "unlink sent now: the directory may not be ours to write");
             return false;
         }
+        // While unlinks keep coming in this directory (`rm -r` of a big one), its queued
+        // removals wait for the rmdir that will take them all.
         let due = self.cache.now() + self.writeback_delay;
-        self.removals.lock().insert(path.clone(), due);
+        let mut q = self.removals.pending.lock();
+        for (p, at) in q.iter_mut() {
+            if p.parent().as_ref() == Some(&parent) {
+                *at = due;
+            }
+        }
+        q.insert(path.clone(), due);
         true
     }
 
     /// Sends now the queued removals of `path` and of everything below it (before an op
     /// that puts something at `path` or moves it).
     pub(super) async fn settle_removals(&self, path: &RemotePath) {
+        // Also waits for a batch being sent now, which may hold this very path.
+        let _sending = self.removals.sending.lock().await;
         let now: Vec<RemotePath> = {
-            let mut q = self.removals.lock();
+            let mut q = self.removals.pending.lock();
             let hit: Vec<RemotePath> = q.keys().filter(|p| p.starts_with(path)).cloned().collect();
             for p in &hit {
                 q.remove(p);
@@ -107,18 +119,37 @@ impl<R: RemoteFs> Filesystem<R> {
         result
     }
 
+    /// Held by `rmdir` around its emptiness check and its `rm` (see `Removals::sending`).
+    pub(super) async fn removal_gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.removals.sending.lock().await
+    }
+
     /// `path` is gone on the remote with everything below it (a recursive `rm` of a
     /// directory): its queued removals are done.
     pub(super) fn removals_done_below(&self, path: &RemotePath) {
-        self.removals.lock().retain(|p, _| !p.starts_with(path));
+        self.removals
+            .pending
+            .lock()
+            .retain(|p, _| !p.starts_with(path));
     }
 
     /// Sends the removals that are due; one that fails because the remote is unreachable
     /// waits `UPLOAD_RETRY_PAUSE` and is tried again. `all` (unmount): everything now, once.
     pub(super) async fn removal_tick(&self, all: bool) {
         let now = self.cache.now();
+        let any_due = || {
+            self.removals
+                .pending
+                .lock()
+                .values()
+                .any(|at| all || *at <= now)
+        };
+        if !any_due() {
+            return;
+        }
+        let _sending = self.removals.sending.lock().await;
         let due: Vec<RemotePath> = {
-            let mut q = self.removals.lock();
+            let mut q = self.removals.pending.lock();
             let due: Vec<RemotePath> = q
                 .iter()
                 .filter(|(_, at)| all || **at <= now)
@@ -132,7 +163,7 @@ impl<R: RemoteFs> Filesystem<R> {
         let unreachable = self.send_removals(due).await;
         if !all {
             let retry = self.cache.now() + super::writeback::UPLOAD_RETRY_PAUSE;
-            let mut q = self.removals.lock();
+            let mut q = self.removals.pending.lock();
             for p in unreachable {
                 q.entry(p).or_insert(retry);
             }
@@ -141,6 +172,8 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// Removes `paths` on the remote (side by side); returns those the remote could not be
     /// asked about (transient failures). A refusal is logged and the file shows up again.
+    /// The caller holds `Removals::sending` from taking `paths` out of the queue on, so an
+    /// `rmdir` never sees them neither queued nor gone.
     async fn send_removals(&self, paths: Vec<RemotePath>) -> Vec<RemotePath> {
         let unreachable = parking_lot::Mutex::new(Vec::new());
         futures_util::stream::iter(paths)
@@ -169,12 +202,19 @@ impl<R: RemoteFs> Filesystem<R> {
 
     /// Paths whose removal waits (for `status` and tests).
     pub fn pending_removals(&self) -> Vec<RemotePath> {
-        self.removals.lock().keys().cloned().collect()
+        self.removals.pending.lock().keys().cloned().collect()
     }
 }
 
-/// Removal queue: path → when its `rm` is due.
-pub(super) type RemovalQueue = parking_lot::Mutex<std::collections::BTreeMap<RemotePath, Instant>>;
+/// Queued removals, and the gate that keeps sending them apart from an `rmdir`.
+#[derive(Default)]
+pub(super) struct Removals {
+    /// Path → when its `rm` is due.
+    pending: parking_lot::Mutex<std::collections::BTreeMap<RemotePath, Instant>>,
+    /// Held while removals are sent and while `rmdir` checks and removes a directory: the
+    /// remote's `ls` of a directory fails while entries vanish under it.
+    sending: tokio::sync::Mutex<()>,
+}
 
 #[cfg(test)]
 mod tests {
