@@ -2215,3 +2215,122 @@ async fn queued_removals_of_a_directory_wait_while_unlinks_keep_coming() {
     assert_eq!(r(&h).calls("remove"), 2);
     assert!(r(&h).get(&path("tree")).is_none());
 }
+
+/// A new file renamed over a remote one takes that one's place: removing or renaming it
+/// before its upload must not bring the old remote file back (git's ref updates:
+/// `master.lock` → `master`, then `pack-refs` deletes the loose ref).
+#[tokio::test]
+async fn a_file_renamed_over_a_remote_one_then_removed_leaves_nothing_behind() {
+    let h = removal_harness().await;
+    r(&h).put_file(&path("f"), b"old", t(1_000));
+    r(&h).put_file(&path("g0"), b"old g", t(1_000));
+    found(&h, ROOT_INO, "f").await;
+    write_new(&h, ROOT_INO, "tmp", b"new").await;
+    h.fs.rename(ROOT_INO, os("tmp"), ROOT_INO, os("f"), 0)
+        .await
+        .unwrap();
+    h.fs.unlink(ROOT_INO, os("f")).await.unwrap();
+    // mv over a remote file, then mv on: the first target goes too.
+    found(&h, ROOT_INO, "g0").await;
+    write_new(&h, ROOT_INO, "tmp2", b"newer").await;
+    h.fs.rename(ROOT_INO, os("tmp2"), ROOT_INO, os("g0"), 0)
+        .await
+        .unwrap();
+    h.fs.rename(ROOT_INO, os("g0"), ROOT_INO, os("g1"), 0)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        h.clock.advance(Duration::from_secs(3));
+        h.fs.writeback_tick().await;
+    }
+    assert!(r(&h).get(&path("f")).is_none(), "the old f came back");
+    assert!(r(&h).get(&path("tmp")).is_none());
+    assert!(absent(&h, ROOT_INO, "f").await);
+    assert!(r(&h).get(&path("g0")).is_none(), "the old g0 stayed");
+    assert_eq!(r(&h).content(&path("g1")).unwrap(), b"newer");
+}
+
+/// unlink while the file's delayed upload is in flight: the upload finishes, then the file
+/// is removed on the remote too (it did not come back), and nothing is left to `recover`.
+#[tokio::test]
+async fn unlink_during_an_upload_in_flight_removes_the_uploaded_file() {
+    let h = removal_harness().await;
+    write_new(&h, ROOT_INO, "u", b"data").await;
+    r(&h).set_delay("upload", Duration::from_millis(300));
+    r(&h).set_delay("put_archive", Duration::from_millis(300));
+    h.clock.advance(Duration::from_secs(3));
+    let unlink_soon = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.fs.unlink(ROOT_INO, os("u")).await.unwrap();
+    };
+    tokio::join!(h.fs.writeback_tick(), unlink_soon);
+    for _ in 0..3 {
+        h.clock.advance(Duration::from_secs(3));
+        h.fs.writeback_tick().await;
+    }
+    assert!(
+        r(&h).get(&path("u")).is_none(),
+        "the unlinked file is on the remote"
+    );
+    assert!(absent(&h, ROOT_INO, "u").await);
+    let manifests = std::fs::read_dir(h.dirs.path().join("staging"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        manifests, 0,
+        "an unlinked file's staged copy must not be recovered"
+    );
+}
+
+/// A small new file removed before its delayed upload leaves no manifest behind (unmount
+/// within the delay, then `recover`, must not re-create it).
+#[tokio::test]
+async fn a_file_removed_before_its_delayed_upload_leaves_nothing_to_recover() {
+    let h = removal_harness().await;
+    write_new(&h, ROOT_INO, "quick", b"x").await;
+    h.fs.unlink(ROOT_INO, os("quick")).await.unwrap();
+    let unsent = h.fs.shutdown(Duration::from_secs(5)).await;
+    assert!(unsent.is_empty());
+    assert!(r(&h).get(&path("quick")).is_none());
+    let manifests = std::fs::read_dir(h.dirs.path().join("staging"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .count();
+    assert_eq!(manifests, 0);
+}
+
+/// A staged file renamed before it reached the remote (git's `index.lock` → `index` while
+/// the server is down): its manifest names the new path, so `recover` sends it there.
+#[tokio::test]
+async fn a_staged_file_renamed_keeps_its_manifest_in_step() {
+    let h = harness();
+    r(&h).fail_always("upload", RemoteError::Unavailable("down".into()));
+    r(&h).fail_always("put_archive", RemoteError::Unavailable("down".into()));
+    let c =
+        h.fs.create(ROOT_INO, os("index.lock"), 0o100644, 0o022, libc::O_WRONLY)
+            .await
+            .unwrap();
+    h.fs.write(c.opened.fh, 0, b"idx").await.unwrap();
+    assert!(h.fs.flush(c.opened.fh).await.is_err());
+    h.fs.release(c.opened.fh).await.unwrap();
+    let _ =
+        h.fs.rename(ROOT_INO, os("index.lock"), ROOT_INO, os("index"), 0)
+            .await;
+    let names: Vec<String> = std::fs::read_dir(h.dirs.path().join("staging"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].contains("/index\"") && !names[0].contains("index.lock"),
+        "{}",
+        names[0]
+    );
+}

@@ -138,7 +138,8 @@ impl<R: RemoteFs> Filesystem<R> {
     pub(super) fn mark_dirty(&self, file: &OpenFile, sf: &StagedFile, size: u64) -> FsResult<()> {
         let first = {
             let mut m = file.meta.lock();
-            let first = !m.dirty;
+            // An unlinked file's writes are never sent: no manifest for `recover`.
+            let first = !m.dirty && !m.unlinked;
             m.dirty = true;
             m.upload_failures = 0;
             m.staged_size = Some(size);

@@ -728,6 +728,12 @@ impl<R: RemoteFs> Filesystem<R> {
     pub async fn unlink(&self, parent: InodeNo, name: &OsStr) -> FsResult<()> {
         let path = self.child(parent, name)?;
         let local = self.open_file_by_path(&path);
+        // An upload of this file in flight finishes first (it holds the staged lock): then
+        // the file is on the remote and is removed there, not left behind.
+        let staged = match &local {
+            Some(f) => Some(f.staged.lock().await),
+            None => None,
+        };
         let on_remote = match &local {
             Some(f) => !f.meta.lock().new,
             None => true,
@@ -747,11 +753,18 @@ impl<R: RemoteFs> Filesystem<R> {
                 Err(e) => return Err(e.into()),
             }
         }
-        if let Some(f) = local {
+        if let Some(f) = &local {
             let mut m = f.meta.lock();
             m.unlinked = true;
             m.dirty = false;
         }
+        // Its staged bytes are never to be sent: no manifest for `recover` to find.
+        if let Some(sf) = staged.as_ref().and_then(|g| g.as_ref()) {
+            if let Err(e) = sf.mark_clean() {
+                tracing::warn!(%path, "cannot drop the staged manifest of an unlinked file: {e}");
+            }
+        }
+        drop(staged);
         self.cache.remove(&path);
         self.inodes.unlink(&path);
         self.parent_changed(&path, 0);

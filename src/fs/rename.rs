@@ -134,6 +134,12 @@ impl<R: RemoteFs> Filesystem<R> {
     ) -> FsResult<Stat> {
         let mut staged = f.staged.lock().await;
         let was_new = f.meta.lock().new;
+        // Whether `to` is on the remote now (a file this one will overwrite): then an unlink
+        // or another rename before the upload must remove it there.
+        let target_on_remote = dst.is_some_and(|d| d.kind == FileKind::File)
+            && !self
+                .open_file_by_path(to)
+                .is_some_and(|t| !Arc::ptr_eq(&t, f) && t.meta.lock().new);
         if dst.is_some_and(|d| d.kind != FileKind::File) {
             self.remote.remove(to).await?;
         }
@@ -149,11 +155,18 @@ impl<R: RemoteFs> Filesystem<R> {
             let size = sf.len()?;
             let mut m = f.meta.lock();
             m.path = to.clone();
-            m.new = true;
+            m.new = !target_on_remote;
             m.dirty = true;
             m.staged_size = Some(size);
             if m.pending_mode.is_none() {
                 m.pending_mode = Some(m.base.perm);
+            }
+            if let Some(d) = dst.filter(|_| target_on_remote) {
+                // What the remote holds at `to` until the upload (whose mode it keeps).
+                m.base = d.clone();
+                sf.set_base(Some(crate::staging::BaseVersion::of(d.size, d.mtime)));
+            } else if m.new {
+                sf.set_base(None);
             }
         }
         let stat = f.meta.lock().overlay();

@@ -226,6 +226,23 @@ impl StagedFile {
     /// Retargets the staged file (local rename before its upload).
     pub fn set_remote(&mut self, remote: RemotePath) {
         self.remote = remote;
+        // A manifest already written names the old path: `recover` must send the data to
+        // the new one (git's `index.lock` renamed to `index`), not re-create the old.
+        let Ok(text) = fs::read(&self.manifest_path) else {
+            return;
+        };
+        let Ok(mut manifest) = serde_json::from_slice::<Manifest>(&text) else {
+            return;
+        };
+        manifest.remote_path = self.remote.as_str().to_string();
+        let tmp = self.manifest_path.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&manifest)
+            .map_err(std::io::Error::other)
+            .and_then(|t| fs::write(&tmp, t))
+            .and_then(|()| fs::rename(&tmp, &self.manifest_path));
+        if let Err(e) = written {
+            tracing::warn!(manifest = %self.manifest_path.display(), "cannot record the new path: {e}");
+        }
     }
 
     /// Records what the remote held when the unsent changes began (`None`: nothing).
