@@ -2334,3 +2334,23 @@ async fn a_staged_file_renamed_keeps_its_manifest_in_step() {
         names[0]
     );
 }
+
+/// Thousands of queued removals (`find -delete`) do not hold up a delayed upload: one tick
+/// sends a bounded share of them and the upload side by side.
+#[tokio::test]
+async fn queued_removals_do_not_hold_up_delayed_uploads() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    for i in 0..30 {
+        h.fs.unlink(tree, os(&format!("f{i:02}"))).await.unwrap();
+    }
+    write_new(&h, ROOT_INO, "urgent", b"now").await;
+    r(&h).set_delay("remove", Duration::from_millis(20));
+    h.clock.advance(Duration::from_secs(3));
+    h.fs.writeback_tick().await;
+    assert_eq!(r(&h).content(&path("urgent")).unwrap(), b"now");
+    assert!(r(&h).calls("remove") <= 64);
+    h.clock.advance(Duration::from_secs(1));
+    h.fs.writeback_tick().await;
+    assert!(r(&h).get(&path("tree/f29")).is_none());
+}

@@ -866,13 +866,16 @@ impl<R: RemoteFs> Filesystem<R> {
     /// At unmount: uploads every dirty file (each bounded by `wait`), returns what stayed
     /// staged.
     pub async fn shutdown(&self, wait: Duration) -> Vec<Unsent> {
-        if tokio::time::timeout(wait, self.removal_tick(true))
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "removals still running after {wait:?}: some unlinked files may stay on the remote"
-            );
+        match tokio::time::timeout(wait, self.removal_tick(true)).await {
+            Ok(unsent) => {
+                for path in unsent {
+                    tracing::error!(%path, "removed in the mount, but the remote could not be reached: the file stays there");
+                }
+            }
+            Err(_) => {
+                let left = self.pending_removals().len();
+                tracing::error!("removals still running after {wait:?}: files removed in the mount may stay on the remote ({left} not sent)");
+            }
         }
         self.writeback.lock().clear();
         let files: Vec<Arc<OpenFile>> = self.files.lock().values().cloned().collect();

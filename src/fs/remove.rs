@@ -21,6 +21,9 @@ use crate::remote::{RemoteError, RemoteFs, RemotePath, Stat};
 
 /// Queued removals sent at once.
 const REMOVE_PARALLEL: usize = 8;
+/// Queued removals sent per tick at most (the delayed uploads of the same tick are not held
+/// up behind thousands of them).
+const REMOVE_PER_TICK: usize = 64;
 
 /// The mount user's bit of `perm` among owner/other (group membership is not known here:
 /// a group-writable directory is not taken as writable).
@@ -133,9 +136,10 @@ impl<R: RemoteFs> Filesystem<R> {
             .retain(|p, _| !p.starts_with(path));
     }
 
-    /// Sends the removals that are due; one that fails because the remote is unreachable
-    /// waits `UPLOAD_RETRY_PAUSE` and is tried again. `all` (unmount): everything now, once.
-    pub(super) async fn removal_tick(&self, all: bool) {
+    /// Sends the removals that are due (up to `REMOVE_PER_TICK`); one that fails because the
+    /// remote is unreachable waits `UPLOAD_RETRY_PAUSE` and is tried again. `all` (unmount):
+    /// everything now, once; returns what could not be sent.
+    pub(super) async fn removal_tick(&self, all: bool) -> Vec<RemotePath> {
         let now = self.cache.now();
         let any_due = || {
             self.removals
@@ -145,7 +149,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 .any(|at| all || *at <= now)
         };
         if !any_due() {
-            return;
+            return Vec::new();
         }
         let _sending = self.removals.sending.lock().await;
         let due: Vec<RemotePath> = {
@@ -154,6 +158,7 @@ impl<R: RemoteFs> Filesystem<R> {
                 .iter()
                 .filter(|(_, at)| all || **at <= now)
                 .map(|(p, _)| p.clone())
+                .take(if all { usize::MAX } else { REMOVE_PER_TICK })
                 .collect();
             for p in &due {
                 q.remove(p);
@@ -161,13 +166,15 @@ impl<R: RemoteFs> Filesystem<R> {
             due
         };
         let unreachable = self.send_removals(due).await;
-        if !all {
-            let retry = self.cache.now() + super::writeback::UPLOAD_RETRY_PAUSE;
-            let mut q = self.removals.pending.lock();
-            for p in unreachable {
-                q.entry(p).or_insert(retry);
-            }
+        if all {
+            return unreachable;
         }
+        let retry = self.cache.now() + super::writeback::UPLOAD_RETRY_PAUSE;
+        let mut q = self.removals.pending.lock();
+        for p in unreachable {
+            q.entry(p).or_insert(retry);
+        }
+        Vec::new()
     }
 
     /// Removes `paths` on the remote (side by side); returns those the remote could not be

@@ -102,7 +102,12 @@ impl<R: RemoteFs> Filesystem<R> {
     /// clock). A failed upload stays staged and is retried
     /// after a longer pause.
     pub async fn writeback_tick(&self) {
-        self.removal_tick(false).await;
+        // Removals and uploads go out side by side: neither waits behind the other.
+        tokio::join!(self.removal_tick(false), self.upload_tick());
+    }
+
+    /// The upload part of `writeback_tick`.
+    async fn upload_tick(&self) {
         let now = self.cache.now();
         // Files that are due, plus the queued files of the same directories that have waited
         // at least half the delay (their utimens/chmod/rename have arrived by then): they
