@@ -440,7 +440,7 @@ pub fn serve_mount<R: RemoteFs>(
         let _ = stop_ticker.send(());
         let ticker_abort = ticker.abort_handle();
         if tokio::time::timeout(wait, ticker).await.is_err() {
-            tracing::warn!("delayed uploads still running after {wait:?} are cancelled and sent again below");
+            tracing::warn!("the write-back tick still running after {wait:?} is cancelled: its uploads are sent again below; removals it held may stay on the remote");
             ticker_abort.abort();
         }
         let unsent = fs.shutdown(wait).await;

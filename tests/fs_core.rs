@@ -2354,3 +2354,26 @@ async fn queued_removals_do_not_hold_up_delayed_uploads() {
     h.fs.writeback_tick().await;
     assert!(r(&h).get(&path("tree/f29")).is_none());
 }
+
+/// rmdir while the remote cannot list the directory: no answer, no (recursive) removal,
+/// even though a stale cached listing says it is empty.
+#[tokio::test]
+async fn rmdir_without_a_fresh_answer_from_the_remote_removes_nothing() {
+    let h = removal_harness().await;
+    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
+    let sub = found(&h, tree, "sub").await.attr.ino;
+    let d = h.fs.opendir(sub).await.unwrap();
+    h.fs.readdir(sub, d.fh, 0).await.unwrap();
+    h.fs.releasedir(d.fh);
+    for i in 0..5 {
+        h.fs.unlink(sub, os(&format!("g{i}"))).await.unwrap();
+    }
+    r(&h).put_file(&path("tree/sub/from-a-job"), b"results", t(5_000));
+    r(&h).fail_always("list", RemoteError::Unavailable("down".into()));
+    assert!(h.fs.rmdir(tree, os("sub")).await.is_err());
+    assert_eq!(r(&h).calls("remove"), 0);
+    assert_eq!(
+        r(&h).content(&path("tree/sub/from-a-job")).unwrap(),
+        b"results"
+    );
+}

@@ -734,6 +734,10 @@ impl<R: RemoteFs> Filesystem<R> {
             Some(f) => Some(f.staged.lock().await),
             None => None,
         };
+        // Renamed away (with its directory) while we waited: not at `path` any more.
+        if local.as_ref().is_some_and(|f| f.meta.lock().path != path) {
+            return Err(FsError::NotFound(path.to_string()));
+        }
         let on_remote = match &local {
             Some(f) => !f.meta.lock().new,
             None => true,
@@ -780,9 +784,17 @@ impl<R: RemoteFs> Filesystem<R> {
         if self.cache.is_empty_dir(dir) == Some(false) {
             return Ok(true);
         }
-        // "Empty" is asked of the remote itself, not of a cached listing: its `rm` is
-        // recursive, and would take along a file a job wrote there a moment ago.
-        Ok(!self.list_dir(dir).await?.is_empty())
+        // "Empty" is asked of the remote itself, never of a cached (or stale) listing: its
+        // `rm` is recursive, and would take along a file a job wrote there a moment ago.
+        // No answer, no removal.
+        let mut entries = self.remote.list(dir).await?;
+        entries.retain(|e| {
+            !read::is_archive_name(&e.name)
+                && dir
+                    .join(&e.name)
+                    .map_or(true, |p| !self.removal_pending(&p))
+        });
+        Ok(!entries.is_empty())
     }
 
     /// `rmdir`: ENOTEMPTY without calling rm when the directory has entries.

@@ -77,6 +77,16 @@ impl<R: RemoteFs> Filesystem<R> {
     /// Sends now the queued removals of `path` and of everything below it (before an op
     /// that puts something at `path` or moves it).
     pub(super) async fn settle_removals(&self, path: &RemotePath) {
+        // Not queued again when unreachable: it must not reach the remote after the op
+        // that reuses the path. The op itself will most likely fail the same way.
+        for path in self.send_removals_below(path).await {
+            tracing::warn!(%path, "removal dropped: the remote was unreachable before the path was reused");
+        }
+    }
+
+    /// Sends the queued removals of `path` and below now; returns those the remote could
+    /// not be asked about (out of the queue).
+    async fn send_removals_below(&self, path: &RemotePath) -> Vec<RemotePath> {
         // Also waits for a batch being sent now, which may hold this very path.
         let _sending = self.removals.sending.lock().await;
         let now: Vec<RemotePath> = {
@@ -87,18 +97,26 @@ impl<R: RemoteFs> Filesystem<R> {
             }
             hit
         };
-        // Not queued again when unreachable: it must not reach the remote after the op
-        // that reuses the path. The op itself will most likely fail the same way.
-        for path in self.send_removals(now).await {
-            tracing::warn!(%path, "removal dropped: the remote was unreachable before the path was reused");
-        }
+        self.send_removals(now).await
     }
 
     /// `fsyncdir`: what this mount still holds back for directory `dir` reaches the remote:
     /// its queued removals and the delayed uploads of its new files.
     pub async fn fsyncdir(&self, ino: super::InodeNo) -> crate::error::FsResult<()> {
         let dir = self.path_of(ino)?;
-        self.settle_removals(&dir).await;
+        let unreachable = self.send_removals_below(&dir).await;
+        if !unreachable.is_empty() {
+            // Kept for the next tick; the caller learns they are not on the remote yet.
+            let retry = self.cache.now() + super::writeback::UPLOAD_RETRY_PAUSE;
+            let n = unreachable.len();
+            let mut q = self.removals.pending.lock();
+            for p in unreachable {
+                q.entry(p).or_insert(retry);
+            }
+            return Err(crate::error::FsError::Remote(RemoteError::Unavailable(
+                format!("{n} removal(s) in {dir} not sent: the remote is unreachable"),
+            )));
+        }
         let queued: Vec<std::sync::Arc<super::handle::OpenFile>> = {
             let mut q = self.writeback.lock();
             let inos: Vec<super::InodeNo> = q
@@ -188,7 +206,8 @@ impl<R: RemoteFs> Filesystem<R> {
                 let unreachable = &unreachable;
                 async move {
                     match self.remote.remove(&path).await {
-                        Ok(()) | Err(RemoteError::NotFound(_)) => {}
+                        // A listing made while it was being sent may have shown it again.
+                        Ok(()) | Err(RemoteError::NotFound(_)) => self.cache.put_negative(&path),
                         Err(e) if e.is_transient() => {
                             tracing::warn!(%path, "removal not sent yet: {e}");
                             unreachable.lock().push(path);

@@ -148,7 +148,12 @@ impl<R: RemoteFs> Filesystem<R> {
             let _ = d;
         }
         if !was_new {
-            self.remote.remove(from).await?;
+            match self.remote.remove(from).await {
+                // Gone already (what replaced it was removed behind the mount): the rename
+                // goes on, the staged copy is what counts.
+                Ok(()) | Err(RemoteError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         if let Some(sf) = staged.as_mut() {
             sf.set_remote(to.clone());
