@@ -2170,10 +2170,9 @@ async fn an_append_within_the_ttl_keeps_a_change_made_on_the_remote() {
     );
 }
 
-/// The API's rm is recursive: rmdir asks the remote whether the directory is empty, so a
-/// file a job wrote there behind the mount (fresh cached listing or not) is never taken along.
-#[tokio::test]
-async fn rmdir_never_takes_along_a_file_the_mount_did_not_know_of() {
+/// `tree/sub` listed and its files unlinked in the mount, then a job writes
+/// `tree/sub/from-a-job` on the remote behind it. Returns the harness and `tree`'s inode.
+async fn sub_emptied_then_a_job_writes() -> (H, u64) {
     let h = removal_harness().await;
     let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
     let sub = found(&h, tree, "sub").await.attr.ino;
@@ -2184,6 +2183,14 @@ async fn rmdir_never_takes_along_a_file_the_mount_did_not_know_of() {
         h.fs.unlink(sub, os(&format!("g{i}"))).await.unwrap();
     }
     r(&h).put_file(&path("tree/sub/from-a-job"), b"results", t(5_000));
+    (h, tree)
+}
+
+/// The API's rm is recursive: rmdir asks the remote whether the directory is empty, so a
+/// file a job wrote there behind the mount (fresh cached listing or not) is never taken along.
+#[tokio::test]
+async fn rmdir_never_takes_along_a_file_the_mount_did_not_know_of() {
+    let (h, tree) = sub_emptied_then_a_job_writes().await;
     let err = h.fs.rmdir(tree, os("sub")).await.unwrap_err();
     assert_eq!(err.errno(), libc::ENOTEMPTY);
     assert_eq!(
@@ -2359,16 +2366,7 @@ async fn queued_removals_do_not_hold_up_delayed_uploads() {
 /// even though a stale cached listing says it is empty.
 #[tokio::test]
 async fn rmdir_without_a_fresh_answer_from_the_remote_removes_nothing() {
-    let h = removal_harness().await;
-    let tree = found(&h, ROOT_INO, "tree").await.attr.ino;
-    let sub = found(&h, tree, "sub").await.attr.ino;
-    let d = h.fs.opendir(sub).await.unwrap();
-    h.fs.readdir(sub, d.fh, 0).await.unwrap();
-    h.fs.releasedir(d.fh);
-    for i in 0..5 {
-        h.fs.unlink(sub, os(&format!("g{i}"))).await.unwrap();
-    }
-    r(&h).put_file(&path("tree/sub/from-a-job"), b"results", t(5_000));
+    let (h, tree) = sub_emptied_then_a_job_writes().await;
     r(&h).fail_always("list", RemoteError::Unavailable("down".into()));
     assert!(h.fs.rmdir(tree, os("sub")).await.is_err());
     assert_eq!(r(&h).calls("remove"), 0);

@@ -213,12 +213,7 @@ impl ContentCache {
             self.forget(path, size, mtime);
             return Ok(None);
         }
-        let key = Self::key(path, size, mtime);
-        let name = Self::fresh_name(&key);
-        let dest = self.dir.join(&name);
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let (key, name, dest, tmp) = self.new_entry_paths(path, size, mtime);
         let copied = fs::copy(src, &tmp).and_then(|n| {
             if n == size {
                 Ok(())
@@ -235,6 +230,22 @@ impl ContentCache {
         }
         fs::rename(&tmp, &dest)?;
         Ok(self.adopt(key, name, size).then_some(dest))
+    }
+
+    /// Key, file name, final path and temporary path of a new entry for this version.
+    fn new_entry_paths(
+        &self,
+        path: &RemotePath,
+        size: u64,
+        mtime: SystemTime,
+    ) -> (String, String, PathBuf, PathBuf) {
+        let key = Self::key(path, size, mtime);
+        let name = Self::fresh_name(&key);
+        let dest = self.dir.join(&name);
+        let tmp = self
+            .dir
+            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        (key, name, dest, tmp)
     }
 
     /// Records `file` (already in place) as the whole content of `key`; evicts beyond the
@@ -273,12 +284,7 @@ impl ContentCache {
         if data.len() as u64 > self.max_size {
             return Ok(None);
         }
-        let key = Self::key(path, size, mtime);
-        let name = Self::fresh_name(&key);
-        let dest = self.dir.join(&name);
-        let tmp = self
-            .dir
-            .join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let (key, name, dest, tmp) = self.new_entry_paths(path, size, mtime);
         {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(data)?;
